@@ -1,1 +1,2 @@
-fn main(){}
+//! placeholder, replaced by the ipi suite
+fn main() {}

@@ -11,6 +11,7 @@
 //! - parking without lost wakeups ([`park`]) and a bounded [`Backoff`] for the spin
 //!   before it;
 //! - the sync shim ([`sync`]) that swaps in loom under `--cfg loom`;
+//! - asymmetric barriers for handshakes with one hot and one rare side ([`barrier`]);
 //! - thread pinning ([`affinity`]).
 //!
 //! It depends on nothing else in the workspace and needs no running machine.
@@ -33,6 +34,7 @@
 
 pub mod affinity;
 pub mod backoff;
+pub mod barrier;
 pub mod clock;
 pub mod counter;
 pub mod cpu;

@@ -1,0 +1,229 @@
+//! One single-producer/single-consumer FIFO of the crossbar: the ring that carries
+//! function calls from one source CPU to one target CPU.
+//!
+//! # Ownership
+//! - `windex` and `rcache` are written only by the source (the thread attached as the
+//!   source CPU). `rcache` is the source's private copy of `rindex`, refreshed only
+//!   when the ring looks full, so the source rarely reads the target's line.
+//! - `rindex`, `xindex` and `active` are written only by the target.
+//! - `waiting` is set by the source when it is about to sleep until the target makes
+//!   progress (space or completion), and cleared by whichever side consumes it.
+//! - Slot `i` is written by the source only while `i - rindex < capacity` says the
+//!   target is done with it, and read by the target only while `i - windex < 0` says
+//!   the source has published it.
+//!
+//! # Indices
+//! All indices are free-running `u32`s compared by signed difference
+//! (`(a - b) as i32`), never by `!=` or `<`: a nested drain may move `rindex` past an
+//! outer loop's snapshot of `windex`, and a `!=` test would then run stale slots
+//! again.
+//!
+//! # Completion
+//! `xindex` means "every entry below this index has been dispatched and its callback
+//! has returned". A callback may drain the same ring recursively (while it waits for
+//! FIFO space); `active` counts callbacks from this ring on the target's stack, and
+//! `xindex` advances only when it returns to zero, so it never passes an entry whose
+//! callback is still running and never decreases.
+
+use dfly_core::sync::atomic::{AtomicU32, Ordering};
+use dfly_core::sync::UnsafeCell;
+use dfly_core::CachePadded;
+
+use crate::{Cpu, IpiFn};
+
+/// One entry: a function and two words, padded to 32 bytes.
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+pub(crate) struct Slot {
+    pub(crate) func: IpiFn,
+    pub(crate) a1: usize,
+    pub(crate) a2: usize,
+}
+
+fn noop(_: &Cpu, _: usize, _: usize) {}
+
+impl Slot {
+    pub(crate) const EMPTY: Slot = Slot { func: noop, a1: 0, a2: 0 };
+}
+
+struct SourceLine {
+    windex: AtomicU32,
+    rcache: AtomicU32,
+}
+
+struct TargetLine {
+    rindex: AtomicU32,
+    xindex: AtomicU32,
+    active: AtomicU32,
+    waiting: AtomicU32,
+}
+
+pub(crate) struct Ring {
+    src: CachePadded<SourceLine>,
+    dst: CachePadded<TargetLine>,
+    slots: Box<[UnsafeCell<Slot>]>,
+    mask: u32,
+}
+
+// SAFETY: slots are accessed under the index protocol above: a slot is written only by
+// the single source while the target cannot read it, and read only by the single
+// target after the source published it with a Release store of `windex` that the
+// target observed with an Acquire load. Everything else is atomic.
+unsafe impl Sync for Ring {}
+// SAFETY: the ring owns plain data (function pointers and words).
+unsafe impl Send for Ring {}
+
+#[inline(always)]
+fn diff(a: u32, b: u32) -> i32 {
+    a.wrapping_sub(b) as i32
+}
+
+impl Ring {
+    pub(crate) fn new(capacity: u32) -> Self {
+        debug_assert!(capacity.is_power_of_two());
+        Ring {
+            src: CachePadded::new(SourceLine {
+                windex: AtomicU32::new(0),
+                rcache: AtomicU32::new(0),
+            }),
+            dst: CachePadded::new(TargetLine {
+                rindex: AtomicU32::new(0),
+                xindex: AtomicU32::new(0),
+                active: AtomicU32::new(0),
+                waiting: AtomicU32::new(0),
+            }),
+            slots: (0..capacity).map(|_| UnsafeCell::new(Slot::EMPTY)).collect(),
+            mask: capacity - 1,
+        }
+    }
+
+    // ---- source side -------------------------------------------------------------
+
+    /// Entries the source believes are not yet consumed (using its cached `rindex`,
+    /// refreshed if `refresh`).
+    #[inline]
+    pub(crate) fn source_fill(&self, refresh: bool) -> u32 {
+        let w = self.src.windex.load(Ordering::Relaxed);
+        let r = if refresh {
+            let r = self.dst.rindex.load(Ordering::Acquire);
+            self.src.rcache.store(r, Ordering::Relaxed);
+            r
+        } else {
+            self.src.rcache.load(Ordering::Relaxed)
+        };
+        w.wrapping_sub(r)
+    }
+
+    /// Pushes `slot` unless more than `limit` entries are outstanding. Returns the
+    /// new write index (the entry's sequence number). Source only.
+    #[inline]
+    pub(crate) fn try_push(&self, slot: Slot, limit: u32) -> Option<u32> {
+        let w = self.src.windex.load(Ordering::Relaxed);
+        let mut r = self.src.rcache.load(Ordering::Relaxed);
+        if w.wrapping_sub(r) > limit {
+            r = self.dst.rindex.load(Ordering::Acquire);
+            self.src.rcache.store(r, Ordering::Relaxed);
+            if w.wrapping_sub(r) > limit {
+                return None;
+            }
+        }
+        debug_assert!(w.wrapping_sub(r) <= self.mask, "ring overflow");
+        let cell = &self.slots[(w & self.mask) as usize];
+        // SAFETY: `w - rindex <= limit < capacity`, so the target has consumed the
+        // previous occupant of this slot (its Release store of `rindex` was observed
+        // by our Acquire load, or by an earlier one cached in `rcache`) and will not
+        // read it again until we publish `w + 1`. Only this source writes slots.
+        cell.with_mut(|p| unsafe { p.write(slot) });
+        let nw = w.wrapping_add(1);
+        self.src.windex.store(nw, Ordering::Release);
+        Some(nw)
+    }
+
+    /// True once every entry below `seq` has completed on the target.
+    #[inline]
+    pub(crate) fn completed(&self, seq: u32) -> bool {
+        diff(self.dst.xindex.load(Ordering::Acquire), seq) >= 0
+    }
+
+    /// Marks the source as waiting for progress; pairs with [`Ring::take_waiting`].
+    pub(crate) fn set_waiting(&self) {
+        self.dst.waiting.store(1, Ordering::SeqCst);
+    }
+
+    /// Withdraws a waiting mark.
+    pub(crate) fn clear_waiting(&self) {
+        self.dst.waiting.store(0, Ordering::Relaxed);
+    }
+
+    // ---- target side -------------------------------------------------------------
+
+    /// True if published entries remain. Target side (or anyone, as a hint).
+    #[inline]
+    pub(crate) fn has_entries(&self) -> bool {
+        diff(self.src.windex.load(Ordering::Acquire), self.dst.rindex.load(Ordering::Relaxed)) > 0
+    }
+
+    /// Runs every entry published when the call starts. Target only. Returns how
+    /// many ran (including ones run by nested drains of this ring inside callbacks).
+    pub(crate) fn drain(&self, cpu: &Cpu) -> u32 {
+        let wi = self.src.windex.load(Ordering::Acquire);
+        let mut n = 0;
+        loop {
+            // Re-read rindex each time: a callback may have drained further.
+            let r = self.dst.rindex.load(Ordering::Relaxed);
+            if diff(wi, r) <= 0 {
+                break;
+            }
+            let cell = &self.slots[(r & self.mask) as usize];
+            // SAFETY: `r < wi` and `wi` was read with Acquire after the source's
+            // Release store published slot `r`; the source will not overwrite it
+            // until it observes `rindex > r`, which we store only after this copy.
+            let slot = cell.with(|p| unsafe { p.read() });
+            self.dst.rindex.store(r.wrapping_add(1), Ordering::Release);
+            self.dst.active.store(self.dst.active.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            let guard = Completion { ring: self };
+            (slot.func)(cpu, slot.a1, slot.a2);
+            drop(guard);
+            n += 1;
+        }
+        n
+    }
+
+    /// After progress: if the source marked itself waiting, consume the mark and
+    /// return true (the caller wakes the source). Target only. Must follow a
+    /// [`crate::barrier::light`] issued after the progress stores.
+    #[inline]
+    pub(crate) fn take_waiting(&self) -> bool {
+        self.dst.waiting.load(Ordering::Relaxed) != 0
+            && self.dst.waiting.swap(0, Ordering::AcqRel) != 0
+    }
+
+    /// `(windex, rindex, xindex)`, read in the order x, r, w so that, as each only
+    /// grows, the returned values satisfy `x <= r <= w` whenever the ring is sound.
+    #[cfg(test)]
+    pub(crate) fn indices(&self) -> (u32, u32, u32) {
+        let x = self.dst.xindex.load(Ordering::SeqCst);
+        let r = self.dst.rindex.load(Ordering::SeqCst);
+        let w = self.src.windex.load(Ordering::SeqCst);
+        (w, r, x)
+    }
+}
+
+/// Ends one callback: drops `active` and, at the outermost level, publishes
+/// completion up to `rindex`. Runs on unwind too, so a panicking callback cannot
+/// leave waiters spinning forever.
+struct Completion<'a> {
+    ring: &'a Ring,
+}
+
+impl Drop for Completion<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        let d = &self.ring.dst;
+        let a = d.active.load(Ordering::Relaxed) - 1;
+        d.active.store(a, Ordering::Relaxed);
+        if a == 0 {
+            d.xindex.store(d.rindex.load(Ordering::Relaxed), Ordering::Release);
+        }
+    }
+}
