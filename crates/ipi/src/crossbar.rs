@@ -28,16 +28,21 @@
 //! before the target copied it (the FIFO holds at most `capacity - 2` entries).
 //!
 //! **FIFO full.** A top-level send waits while more than `capacity/2` entries are
-//! outstanding, until at most `capacity/4` remain; a send from inside an IPI callback
-//! uses `capacity-3` and `capacity-5`, so about half of the FIFO is reserved for
-//! callbacks that send. While waiting, the sender runs its own incoming IPIs (up to
-//! [`MAX_NEST`] levels deep), so two CPUs flooding each other both make progress;
-//! after a bounded spin it parks with the ring's `waiting` mark set, and the target
-//! wakes it when it drains.
+//! outstanding, until at most `capacity/4` remain. While waiting, the sender runs
+//! its own incoming IPIs, so two CPUs flooding each other both make progress; after
+//! a bounded spin it parks with the ring's `waiting` mark set, and the target wakes
+//! it when it drains. A send from inside an IPI callback never waits: it may fill
+//! the FIFO up to `capacity-3` (the upper half is reserved for such sends), and
+//! beyond that the entry goes to this CPU's per-target *overflow* queue, which keeps
+//! send order and is flushed into the FIFO by the next send to that target, poll or
+//! wait. So no callback ever blocks on another CPU, waits never form a cycle, and
+//! nesting stays shallow (a wait runs callbacks; callbacks do not wait unless they
+//! call [`Cpu::wait`] themselves, which is bounded by [`MAX_NEST`]).
 
 use core::cell::{Cell, RefCell};
 use core::fmt;
 use core::time::Duration;
+use std::collections::VecDeque;
 
 use crossbeam_queue::ArrayQueue;
 use dfly_core::crit::{self, ReqFlag};
@@ -263,6 +268,8 @@ impl Crossbar {
             deferred_syncs: RefCell::new(Vec::new()),
             has_deferred: Cell::new(false),
             empty_polls: Cell::new(0),
+            overflow: RefCell::new(Vec::new()),
+            overflowed: Cell::new(0),
             _current: guard,
         });
         ATTACHED.with(|p| p.set(&*cpu as *const Cpu));
@@ -341,6 +348,26 @@ impl Crossbar {
             t.add(&s.snapshot());
         }
         t
+    }
+
+    #[cfg(test)]
+    pub(crate) fn debug_state(&self) -> String {
+        let sh = &*self.shared;
+        let mut o = String::new();
+        for t in CpuId::all(sh.ncpus) {
+            let inbox = sh.inbox(t);
+            o += &format!(
+                "{t}: park={} bits={:#x} rings:",
+                inbox.park.word().load(Ordering::SeqCst),
+                inbox.pending[0].load(Ordering::SeqCst)
+            );
+            for s in CpuId::all(sh.ncpus) {
+                let (w, r, x) = sh.ring(t, s).indices();
+                o += &format!(" [{s} w{w} r{r} x{x}]");
+            }
+            o += "\n";
+        }
+        o
     }
 
     #[cfg(test)]
@@ -439,6 +466,10 @@ pub struct Cpu {
     pub(crate) deferred_syncs: RefCell<Vec<Arc<SyncState>>>,
     pub(crate) has_deferred: Cell<bool>,
     empty_polls: Cell<u32>,
+    /// Entries sent from inside IPI callbacks that found their FIFO full, per
+    /// target, in send order (see "FIFO full" in the module docs).
+    overflow: RefCell<Vec<VecDeque<Slot>>>,
+    overflowed: Cell<u32>,
     _current: CurrentCpuGuard,
 }
 
@@ -476,6 +507,11 @@ impl Cpu {
     /// This CPU's statistics.
     pub fn stats(&self) -> CpuStats {
         self.shared.stats[self.id].snapshot()
+    }
+
+    /// Entries sent from callbacks still held in this CPU's overflow queues.
+    pub fn overflowed(&self) -> u32 {
+        self.overflowed.get()
     }
 
     /// Nesting depth of IPI callbacks on this CPU (0 outside callbacks).
@@ -556,10 +592,8 @@ impl Cpu {
         }
         let ring = sh.ring(target, self.id);
         let cap = sh.cap;
-        let (limit, low) =
-            if self.depth.get() == 0 { (cap / 2, cap / 4) } else { (cap - 3, cap - 5) };
-        let mut mode = mode;
         let st = self.my_stats();
+        let mut mode = mode;
         if mode == Mode::Passive
             && ring.source_fill(false) >= cap / 4
             && ring.source_fill(true) >= cap / 4
@@ -567,20 +601,106 @@ impl Cpu {
             mode = Mode::Active;
             bump(&st.passive_promoted, 1);
         }
-        let index = match ring.try_push(slot, limit) {
-            Some(i) => i,
-            None => {
-                bump(&st.fifo_full, 1);
-                self.wait_for_space(target, ring, low)?;
-                match ring.try_push(slot, limit) {
-                    Some(i) => i,
-                    None => return Err(SendError::Busy(target)),
+        let index = if self.depth.get() == 0 {
+            // Top level: earlier overflow to this target goes first (FIFO order),
+            // then wait for space if needed. Waiting is safe here: the callbacks it
+            // runs never block.
+            if self.overflowed.get() > 0 {
+                self.flush_overflow_to(target, true)?;
+            }
+            match ring.try_push(slot, cap / 2) {
+                Some(i) => i,
+                None => {
+                    bump(&st.fifo_full, 1);
+                    self.wait_for_space(target, ring, cap / 4)?;
+                    ring.try_push(slot, cap / 2).ok_or(SendError::Busy(target))?
+                }
+            }
+        } else {
+            // Inside a callback: never block. Use the reserved upper part of the
+            // FIFO; past that, queue locally in order and let later polls flush.
+            let queued = self.overflowed.get() > 0 && self.overflow_len(target) > 0;
+            match if queued { None } else { ring.try_push(slot, cap - 3) } {
+                Some(i) => i,
+                None => {
+                    bump(&st.fifo_full, 1);
+                    let i = ring.source_windex().wrapping_add(self.overflow_len(target) as u32 + 1);
+                    self.push_overflow(target, slot);
+                    bump(&st.sent, 1);
+                    return Ok(Seq { target, source: self.id, index: i, direct: false });
                 }
             }
         };
         bump(&st.sent, 1);
         self.signal(target, mode);
         Ok(Seq { target, source: self.id, index, direct: false })
+    }
+
+    fn overflow_len(&self, target: CpuId) -> usize {
+        self.overflow.borrow().get(target.index()).map_or(0, VecDeque::len)
+    }
+
+    fn push_overflow(&self, target: CpuId, slot: Slot) {
+        let mut ov = self.overflow.borrow_mut();
+        if ov.len() < self.ncpus() {
+            ov.resize_with(self.ncpus(), VecDeque::new);
+        }
+        ov[target.index()].push_back(slot);
+        self.overflowed.set(self.overflowed.get() + 1);
+    }
+
+    /// Moves overflow entries for `target` into its FIFO in order; with `block`,
+    /// waits for space until all are in (top level only).
+    fn flush_overflow_to(&self, target: CpuId, block: bool) -> Result<(), SendError> {
+        let sh = &*self.shared;
+        let ring = sh.ring(target, self.id);
+        let limit = if self.depth.get() == 0 { sh.cap / 2 } else { sh.cap - 3 };
+        loop {
+            let mut moved = 0u32;
+            loop {
+                let next =
+                    self.overflow.borrow().get(target.index()).and_then(|q| q.front().copied());
+                let Some(slot) = next else { break };
+                if ring.try_push(slot, limit).is_none() {
+                    break;
+                }
+                if let Some(q) = self.overflow.borrow_mut().get_mut(target.index()) {
+                    q.pop_front();
+                }
+                self.overflowed.set(self.overflowed.get() - 1);
+                moved += 1;
+            }
+            if moved > 0 {
+                self.signal(target, Mode::Active);
+            }
+            if !block || self.overflow_len(target) == 0 {
+                return Ok(());
+            }
+            bump(&self.my_stats().fifo_full, 1);
+            self.wait_for_space(target, ring, sh.cap / 4)?;
+        }
+    }
+
+    /// Non-blocking flush of every target's overflow.
+    fn flush_overflow(&self) {
+        if self.overflowed.get() == 0 {
+            return;
+        }
+        for t in CpuId::all(self.ncpus()) {
+            if self.overflow_len(t) > 0 {
+                let _ = self.flush_overflow_to(t, false);
+            }
+        }
+    }
+
+    /// True if some overflow entry could now move into its FIFO.
+    fn overflow_can_move(&self) -> bool {
+        if self.overflowed.get() == 0 {
+            return false;
+        }
+        let sh = &*self.shared;
+        CpuId::all(self.ncpus())
+            .any(|t| self.overflow_len(t) > 0 && sh.ring(t, self.id).source_fill(true) < sh.cap / 2)
     }
 
     /// The sender's half of the handshake after publishing an entry.
@@ -648,6 +768,7 @@ impl Cpu {
         let inbox = sh.inbox(self.id);
         inbox.pending[..sh.nwords].iter().any(|w| w.load(Ordering::Relaxed) != 0)
             || self.has_deferred.get()
+            || self.overflowed.get() > 0
     }
 
     /// Runs pending IPIs. Inside a critical section it only sets the IPIQ request
@@ -726,6 +847,7 @@ impl Cpu {
         if self.has_deferred.get() {
             crate::cpusync::run_deferred(self);
         }
+        self.flush_overflow();
         if total > 0 {
             bump(&self.my_stats().received, u64::from(total));
             self.empty_polls.set(0);
@@ -803,8 +925,10 @@ impl Cpu {
             for w in cleared.len().min(sh.nwords)..sh.nwords {
                 busy |= inbox.pending[w].load(Ordering::SeqCst) != 0;
             }
-            busy |=
-                cond() || sh.shutdown.load(Ordering::SeqCst) || crate::cpusync::any_released(self);
+            busy |= cond()
+                || sh.shutdown.load(Ordering::SeqCst)
+                || crate::cpusync::any_released(self)
+                || self.overflow_can_move();
         }
         if busy && parking {
             inbox.park.word().store(RUNNING, Ordering::SeqCst);
@@ -820,13 +944,26 @@ impl Cpu {
     }
 
     pub(crate) fn park_until(&self, timeout: Option<Duration>, cond: &dyn Fn() -> bool) -> bool {
-        if !self.quiesce(true, cond) {
-            return false;
+        let sh = &*self.shared;
+        // FIFOs holding back our overflow: ask their targets to wake us on progress.
+        let marked: Vec<CpuId> = if self.overflowed.get() > 0 {
+            CpuId::all(self.ncpus()).filter(|&t| self.overflow_len(t) > 0).collect()
+        } else {
+            Vec::new()
+        };
+        for &t in &marked {
+            sh.ring(t, self.id).set_waiting();
         }
-        let inbox = self.shared.inbox(self.id);
-        inbox.park.wait(PARKED, timeout);
-        inbox.park.word().store(RUNNING, Ordering::SeqCst);
-        true
+        let slept = self.quiesce(true, cond);
+        if slept {
+            let inbox = sh.inbox(self.id);
+            inbox.park.wait(PARKED, timeout);
+            inbox.park.word().store(RUNNING, Ordering::SeqCst);
+        }
+        for &t in &marked {
+            sh.ring(t, self.id).clear_waiting();
+        }
+        slept
     }
 
     /// The idle loop step: poll; if nothing ran, spin briefly (polling), then park

@@ -139,6 +139,12 @@ impl Ring {
         Some(nw)
     }
 
+    /// The source's write index. Source only.
+    #[inline]
+    pub(crate) fn source_windex(&self) -> u32 {
+        self.src.windex.load(Ordering::Relaxed)
+    }
+
     /// True once every entry below `seq` has completed on the target.
     #[inline]
     pub(crate) fn completed(&self, seq: u32) -> bool {

@@ -50,6 +50,20 @@ mod normal {
                         || outstanding.load(Ordering::SeqCst) > 0
                     {
                         cpu.poll_or_park(Some(Duration::from_millis(2)));
+                        if t0.elapsed() > Duration::from_secs(3)
+                            && std::env::var_os("DFLY_DEBUG").is_some()
+                        {
+                            eprintln!(
+                                "cpu{i} overflowed={} crit={} depth={} poll={} outstanding={}\n{}",
+                                cpu.overflowed(),
+                                dfly_core::crit::crit_count(),
+                                cpu.ipi_depth(),
+                                cpu.poll(),
+                                outstanding.load(Ordering::SeqCst),
+                                xbar.debug_state()
+                            );
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
                         assert!(
                             t0.elapsed() < DEADLINE,
                             "cpu{i}: no progress before the deadline (hang)"
