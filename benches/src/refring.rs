@@ -34,6 +34,18 @@ pub struct Consumer<T> {
     tail_cache: usize,
 }
 
+impl<T> std::fmt::Debug for Producer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer").field("tail", &self.tail).finish()
+    }
+}
+
+impl<T> std::fmt::Debug for Consumer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer").field("head", &self.head).finish()
+    }
+}
+
 /// A ring of `capacity` (rounded up to a power of two) slots.
 pub fn ring<T: Copy + Send>(capacity: usize) -> (Producer<T>, Consumer<T>) {
     let cap = capacity.next_power_of_two().max(2);

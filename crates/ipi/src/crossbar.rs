@@ -3,7 +3,7 @@
 //!
 //! # Protocol
 //! Per target CPU there is an inbox with a *pending-sender mask* (one bit per source
-//! CPU plus one for the foreign inbox) and a *park word* (`RUNNING`, `PARKED`,
+//! CPU; the target's own bit, which no FIFO uses, flags its foreign inbox) and a *park word* (`RUNNING`, `PARKED`,
 //! `WAKING`, a futex).
 //!
 //! **Send (source S to target T).** Write the slot, publish `windex` (Release),
@@ -74,7 +74,7 @@ const WAIT_SLICE: Duration = Duration::from_millis(50);
 const RUNNING: u32 = 0;
 const PARKED: u32 = 1;
 const WAKING: u32 = 2;
-const PENDING_WORDS: usize = (dfly_core::MAX_CPUS + 1).div_ceil(64);
+const PENDING_WORDS: usize = dfly_core::MAX_CPUS.div_ceil(64);
 
 /// Crossbar settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,7 +213,7 @@ impl Crossbar {
         Ok(Crossbar {
             shared: Arc::new(Shared {
                 ncpus,
-                nwords: (ncpus + 1).div_ceil(64),
+                nwords: ncpus.div_ceil(64),
                 cap: cap as u32,
                 rings,
                 inboxes,
@@ -296,7 +296,9 @@ impl Crossbar {
         }
         let inbox = sh.inbox(target);
         inbox.foreign.push(Slot { func, a1, a2 }).map_err(|_| SendError::Busy(target))?;
-        let bit = sh.ncpus;
+        // A CPU never receives FIFO traffic from itself (self-sends are direct
+        // calls), so its own bit in its own mask flags the foreign inbox.
+        let bit = target.index();
         inbox.pending[bit / 64].fetch_or(1 << (bit % 64), Ordering::SeqCst);
         dfly_core::sync::atomic::fence(Ordering::SeqCst);
         bump_shared(&sh.foreign_stats.sent, 1);
@@ -563,6 +565,57 @@ impl Cpu {
         Ok(())
     }
 
+    /// Sends `func(a1, a2)` for every pair in `args`, in order, signalling the
+    /// target once for the whole batch (one pending-bit check and one park-word
+    /// check instead of one per message). Waits for space as [`send`](Self::send)
+    /// does. Returns the [`Seq`] of the last entry (a direct, complete `Seq` if
+    /// `args` is empty). From inside IPI callbacks, or to this CPU, it is a loop
+    /// of ordinary sends.
+    pub fn send_batch(
+        &self,
+        target: CpuId,
+        func: IpiFn,
+        args: &[(usize, usize)],
+    ) -> Result<Seq, SendError> {
+        let sh = &*self.shared;
+        self.check_target(target)?;
+        let mut last = Seq { target, source: self.id, index: 0, direct: true };
+        if target == self.id || self.depth.get() > 0 || self.overflowed.get() > 0 {
+            for &(a1, a2) in args {
+                last = self.send(target, func, a1, a2)?;
+            }
+            return Ok(last);
+        }
+        if sh.shutdown.load(Ordering::Relaxed) {
+            return Err(SendError::Shutdown);
+        }
+        let ring = sh.ring(target, self.id);
+        let st = self.my_stats();
+        let mut unsignalled = 0u64;
+        for &(a1, a2) in args {
+            let slot = Slot { func, a1, a2 };
+            let index = match ring.try_push(slot, sh.cap / 2) {
+                Some(i) => i,
+                None => {
+                    // Let the target see what is queued before waiting on it.
+                    bump(&st.sent, unsignalled);
+                    unsignalled = 0;
+                    self.signal(target, Mode::Active);
+                    bump(&st.fifo_full, 1);
+                    self.wait_for_space(target, ring, sh.cap / 4)?;
+                    ring.try_push(slot, sh.cap / 2).ok_or(SendError::Busy(target))?
+                }
+            };
+            unsignalled += 1;
+            last = Seq { target, source: self.id, index, direct: false };
+        }
+        if unsignalled > 0 {
+            bump(&st.sent, unsignalled);
+            self.signal(target, Mode::Active);
+        }
+        Ok(last)
+    }
+
     /// Sends a boxed closure (the typed layer: one allocation per message). On
     /// failure the closure is dropped unrun and the error returned.
     pub fn send_boxed(
@@ -761,7 +814,7 @@ impl Cpu {
     }
 
     /// True if some sender has flagged work for this CPU (one load per 64 CPUs:
-    /// a single word up to 63 CPUs).
+    /// a single word up to 64 CPUs).
     #[inline]
     pub fn has_pending(&self) -> bool {
         let sh = &*self.shared;
@@ -807,7 +860,7 @@ impl Cpu {
                     let b = bits.trailing_zeros() as usize;
                     bits &= bits - 1;
                     let src = w * 64 + b;
-                    if src < sh.ncpus {
+                    if src != self.id.index() {
                         let s = CpuId::checked(src, sh.ncpus).unwrap_or(CpuId::ZERO);
                         let ring = sh.ring(self.id, s);
                         self.depth.set(self.depth.get() + 1);
@@ -880,7 +933,7 @@ impl Cpu {
         let inbox = sh.inbox(self.id);
         let mut cleared = [0u64; PENDING_WORDS];
         let has_work = |src: usize| -> bool {
-            if src < sh.ncpus {
+            if src != self.id.index() {
                 let s = CpuId::checked(src, sh.ncpus).unwrap_or(CpuId::ZERO);
                 sh.ring(self.id, s).has_entries()
             } else {

@@ -154,6 +154,46 @@ mod normal {
         assert_eq!((w, r, xi), (N as u32, N as u32, N as u32));
     }
 
+    static BATCH_NEXT: AtomicU64 = AtomicU64::new(0);
+    static BATCH_OK: AtomicBool = AtomicBool::new(true);
+    fn batch_order(_: &Cpu, seq: usize, _: usize) {
+        if BATCH_NEXT.fetch_add(1, Ordering::SeqCst) != seq as u64 {
+            BATCH_OK.store(false, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn batches_run_once_in_order_across_full_fifos() {
+        const BATCHES: usize = 2000;
+        const LEN: usize = 23; // not a divisor of the capacity, so batches straddle waits
+        let xbar =
+            Crossbar::with_config(2, Config { fifo_capacity: 32, ..Config::default() }).unwrap();
+        let t0 = Instant::now();
+        std::thread::scope(|s| {
+            let x = &xbar;
+            s.spawn(move || {
+                let cpu = x.attach(1).unwrap();
+                while BATCH_NEXT.load(Ordering::SeqCst) < (BATCHES * LEN) as u64 {
+                    cpu.poll_or_park(Some(Duration::from_millis(5)));
+                    assert!(t0.elapsed() < DEADLINE, "receiver stuck");
+                }
+            });
+            while !x.is_attached(1) {
+                std::thread::yield_now();
+            }
+            let cpu = x.attach(0).unwrap();
+            let mut last = None;
+            for b in 0..BATCHES {
+                let args: Vec<(usize, usize)> = (0..LEN).map(|i| (b * LEN + i, 0)).collect();
+                last = Some(cpu.send_batch(c(1), batch_order, &args).unwrap());
+            }
+            cpu.wait(last.unwrap()).unwrap();
+            assert!(cpu.send_batch(c(1), batch_order, &[]).unwrap().is_direct());
+        });
+        assert!(BATCH_OK.load(Ordering::SeqCst), "batch entries ran out of order or twice");
+        assert_eq!(xbar.stats(0).unwrap().sent, (BATCHES * LEN) as u64);
+    }
+
     // ---- proptest of interleavings, wakeup bound -------------------------------
 
     #[derive(Debug, Clone)]
