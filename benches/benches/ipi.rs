@@ -799,8 +799,8 @@ fn send_cost(passive: bool, m: u64) -> (f64, f64) {
         let wakes = dfly_core::park::syscall_counts().wakes - wakes0;
         let per = (acc.as_nanos() as f64 - base.as_nanos() as f64).max(0.0) / m as f64;
         result = (per, wakes as f64 / m as f64);
-        stop.store(true, Ordering::Relaxed);
         cpu.synchronize_all().unwrap();
+        stop.store(true, Ordering::Relaxed);
     });
     result
 }

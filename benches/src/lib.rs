@@ -159,11 +159,17 @@ pub fn percentile(v: &mut [f64], q: f64) -> f64 {
     v[i.min(v.len() - 1)]
 }
 
-/// Pins the calling thread to `core` modulo the cores available; ignores errors
-/// (an unpinned run is still a valid, noisier run).
+/// The machine's core count, read once at the first call. Call it before pinning
+/// any thread: afterwards the OS reports only the pinned thread's cores.
+pub fn cores() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(dfly_core::affinity::available_cores)
+}
+
+/// Pins the calling thread to `core` modulo [`cores`]; ignores errors (an unpinned
+/// run is still a valid, noisier run).
 pub fn pin(core: usize) {
-    let n = dfly_core::affinity::available_cores();
-    let _ = dfly_core::affinity::pin_current_thread(core % n.max(1));
+    let _ = dfly_core::affinity::pin_current_thread(core % cores().max(1));
 }
 
 /// Nanoseconds since an arbitrary process epoch (benchmarks may read the OS clock

@@ -8,12 +8,14 @@
 use crate::sync::spin_loop;
 
 /// Doubling steps of spinning: step `k` issues `2^k` spin hints.
-const SPIN_LIMIT: u32 = if crate::sync::LOOM { 0 } else { 6 };
-/// Total steps before the backoff reports completion. With `SPIN_LIMIT` 6 this is
-/// 1 + 2 + ... + 64 + 4 * 64 = 383 spin hints: about 1 to 20 microseconds depending
-/// on the cost of `PAUSE` on the part.
+const SPIN_LIMIT: u32 = if crate::sync::LOOM { 0 } else { 3 };
+/// Total steps before the backoff reports completion. With `SPIN_LIMIT` 3 this is
+/// 1 + 2 + 4 + 8 * 4 = 39 spin hints: about 0.2 to 2 microseconds depending on the
+/// cost of `PAUSE` (about 10 cycles before Skylake, about 140 after). The budget is
+/// deliberately small: when both ends share a core every spin is pure loss (a budget
+/// of 383 hints measured a 13.5x oversubscribed slowdown in the ipi suite).
 /// Under loom the budget shrinks to two single hints so models stay small.
-const STEP_LIMIT: u32 = if crate::sync::LOOM { 1 } else { 10 };
+const STEP_LIMIT: u32 = if crate::sync::LOOM { 1 } else { 6 };
 
 /// Bounded exponential backoff. Cheap to create; one per wait.
 ///

@@ -169,16 +169,28 @@ impl Ring {
         diff(self.src.windex.load(Ordering::Acquire), self.dst.rindex.load(Ordering::Relaxed)) > 0
     }
 
-    /// Runs every entry published when the call starts. Target only. Returns how
-    /// many ran (including ones run by nested drains of this ring inside callbacks).
+    /// Runs every entry published when the call starts, and entries published
+    /// meanwhile up to one more FIFO's worth. Target only. Returns how many ran
+    /// (including ones run by nested drains of this ring inside callbacks).
     pub(crate) fn drain(&self, cpu: &Cpu) -> u32 {
-        let wi = self.src.windex.load(Ordering::Acquire);
+        let mut wi = self.src.windex.load(Ordering::Acquire);
         let mut n = 0;
+        // Entries that arrive while we drain are taken in the same call, up to one
+        // FIFO's worth beyond the first snapshot, so a busy stream pays the poll's
+        // fixed cost once per burst rather than once per message.
+        let mut budget = self.mask + 1;
         loop {
             // Re-read rindex each time: a callback may have drained further.
             let r = self.dst.rindex.load(Ordering::Relaxed);
             if diff(wi, r) <= 0 {
-                break;
+                if budget == 0 {
+                    break;
+                }
+                wi = self.src.windex.load(Ordering::Acquire);
+                if diff(wi, r) <= 0 {
+                    break;
+                }
+                budget = budget.saturating_sub(wi.wrapping_sub(r));
             }
             let cell = &self.slots[(r & self.mask) as usize];
             // SAFETY: `r < wi` and `wi` was read with Acquire after the source's
