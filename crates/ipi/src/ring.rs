@@ -5,7 +5,10 @@
 //! - `windex` and `rcache` are written only by the source (the thread attached as the
 //!   source CPU). `rcache` is the source's private copy of `rindex`, refreshed only
 //!   when the ring looks full, so the source rarely reads the target's line.
-//! - `rindex`, `xindex` and `active` are written only by the target.
+//! - `rindex`, `xindex` and `active` are written only by the target. The source
+//!   never reads `rindex`; it reads `published`, a copy on its own line that the
+//!   target stores every 16 entries and at the end of each drain (so a stream does
+//!   not bounce the target's bookkeeping line to the source on every message).
 //! - `waiting` is set by the source when it is about to sleep until the target makes
 //!   progress (space or completion), and cleared by whichever side consumes it.
 //! - Slot `i` is written by the source only while `i - rindex < capacity` says the
@@ -52,15 +55,23 @@ struct SourceLine {
 }
 
 struct TargetLine {
+    /// The target's read cursor (private to the target; nested drains share it).
     rindex: AtomicU32,
     xindex: AtomicU32,
     active: AtomicU32,
     waiting: AtomicU32,
 }
 
+/// How often (in entries) a drain publishes its read cursor to the source.
+const PUBLISH_EVERY: u32 = 16;
+
 pub(crate) struct Ring {
     src: CachePadded<SourceLine>,
     dst: CachePadded<TargetLine>,
+    /// `rindex` as the source sees it: published by the target every
+    /// [`PUBLISH_EVERY`] entries and at the end of each drain, on a line of its own
+    /// so the source's reads do not bounce the target's bookkeeping line.
+    published: CachePadded<AtomicU32>,
     slots: Box<[UnsafeCell<Slot>]>,
     mask: u32,
 }
@@ -92,6 +103,7 @@ impl Ring {
                 active: AtomicU32::new(0),
                 waiting: AtomicU32::new(0),
             }),
+            published: CachePadded::new(AtomicU32::new(0)),
             slots: (0..capacity).map(|_| UnsafeCell::new(Slot::EMPTY)).collect(),
             mask: capacity - 1,
         }
@@ -105,7 +117,7 @@ impl Ring {
     pub(crate) fn source_fill(&self, refresh: bool) -> u32 {
         let w = self.src.windex.load(Ordering::Relaxed);
         let r = if refresh {
-            let r = self.dst.rindex.load(Ordering::Acquire);
+            let r = self.published.load(Ordering::Acquire);
             self.src.rcache.store(r, Ordering::Relaxed);
             r
         } else {
@@ -121,7 +133,7 @@ impl Ring {
         let w = self.src.windex.load(Ordering::Relaxed);
         let mut r = self.src.rcache.load(Ordering::Relaxed);
         if w.wrapping_sub(r) > limit {
-            r = self.dst.rindex.load(Ordering::Acquire);
+            r = self.published.load(Ordering::Acquire);
             self.src.rcache.store(r, Ordering::Relaxed);
             if w.wrapping_sub(r) > limit {
                 return None;
@@ -130,7 +142,8 @@ impl Ring {
         debug_assert!(w.wrapping_sub(r) <= self.mask, "ring overflow");
         let cell = &self.slots[(w & self.mask) as usize];
         // SAFETY: `w - rindex <= limit < capacity`, so the target has consumed the
-        // previous occupant of this slot (its Release store of `rindex` was observed
+        // previous occupant of this slot (its Release store of the published index,
+        // made after it copied the slot, was observed
         // by our Acquire load, or by an earlier one cached in `rcache`) and will not
         // read it again until we publish `w + 1`. Only this source writes slots.
         cell.with_mut(|p| unsafe { p.write(slot) });
@@ -195,14 +208,22 @@ impl Ring {
             let cell = &self.slots[(r & self.mask) as usize];
             // SAFETY: `r < wi` and `wi` was read with Acquire after the source's
             // Release store published slot `r`; the source will not overwrite it
-            // until it observes `rindex > r`, which we store only after this copy.
+            // until it observes a published index above `r`, which we store only
+            // after this copy.
             let slot = cell.with(|p| unsafe { p.read() });
-            self.dst.rindex.store(r.wrapping_add(1), Ordering::Release);
+            let nr = r.wrapping_add(1);
+            self.dst.rindex.store(nr, Ordering::Relaxed);
+            if nr % PUBLISH_EVERY == 0 {
+                self.published.store(nr, Ordering::Release);
+            }
             self.dst.active.store(self.dst.active.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
             let guard = Completion { ring: self };
             (slot.func)(cpu, slot.a1, slot.a2);
             drop(guard);
             n += 1;
+        }
+        if n > 0 {
+            self.published.store(self.dst.rindex.load(Ordering::Relaxed), Ordering::Release);
         }
         n
     }
