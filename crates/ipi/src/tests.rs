@@ -266,6 +266,10 @@ mod normal {
                             RecvOp::PollOrPark(ms) => { cpu.poll_or_park(Some(Duration::from_millis(u64::from(*ms) + 1))); }
                             RecvOp::Pause(us) => std::thread::sleep(Duration::from_micros(u64::from(*us))),
                         }
+                        // The scripted op decides the timing; a poll every round makes
+                        // sure a script of only pauses still drains (otherwise the
+                        // sender rightly waits for space forever).
+                        cpu.poll();
                         i += 1;
                         assert!(t0.elapsed() < DEADLINE, "receiver stuck");
                     }
