@@ -873,6 +873,8 @@ fn a2a_request(cpu: &Cpu, from: usize, _: usize) {
 
 const WINDOW: u64 = 64;
 
+// `me` is the CPU number (pinning, attach, the peer's id), not only an index.
+#[allow(clippy::needless_range_loop)]
 fn dfly_a2a(k: u64) -> f64 {
     let xbar = Crossbar::new(2).unwrap();
     let done = AtomicU64::new(0);

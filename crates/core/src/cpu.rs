@@ -261,7 +261,7 @@ impl FromIterator<CpuId> for CpuMask {
     }
 }
 
-impl<'a> IntoIterator for &'a CpuMask {
+impl IntoIterator for &CpuMask {
     type Item = CpuId;
     type IntoIter = Iter;
     fn into_iter(self) -> Iter {

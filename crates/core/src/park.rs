@@ -229,10 +229,7 @@ impl Parker {
             }
             if timeout.is_some() && !not_timed_out {
                 // Withdraw; an unpark may race in and leave NOTIFIED, which we take.
-                return match w.swap(EMPTY, Ordering::Acquire) {
-                    NOTIFIED => true,
-                    _ => false,
-                };
+                return w.swap(EMPTY, Ordering::Acquire) == NOTIFIED;
             }
         }
     }

@@ -930,8 +930,10 @@ impl Cpu {
             }
         };
         let mut busy = false;
-        for w in 0..sh.nwords {
-            let bits = inbox.pending[w].load(Ordering::Acquire);
+        for (w, (word, slot)) in
+            inbox.pending.iter().zip(cleared.iter_mut()).take(sh.nwords).enumerate()
+        {
+            let bits = word.load(Ordering::Acquire);
             let mut b = bits;
             while b != 0 && !busy {
                 let i = b.trailing_zeros() as usize;
@@ -942,8 +944,8 @@ impl Cpu {
                 break;
             }
             if bits != 0 {
-                inbox.pending[w].fetch_and(!bits, Ordering::SeqCst);
-                cleared[w] = bits;
+                word.fetch_and(!bits, Ordering::SeqCst);
+                *slot = bits;
             }
         }
         if !busy {
