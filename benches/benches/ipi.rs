@@ -298,64 +298,45 @@ fn arrayqueue_stream<P: Pay>(n: u64, pa: usize, pb: usize) -> f64 {
     )
 }
 
-fn crossbeam_stream<P: Pay>(n: u64, cap: usize, pa: usize, pb: usize) -> f64 {
-    let (tx, rx) = crossbeam_channel::bounded::<P>(cap);
+/// A stream over any blocking channel given as its two ends' operations.
+fn blocking_stream_with<P: Pay>(
+    n: u64,
+    pa: usize,
+    pb: usize,
+    mut send: impl FnMut(P) + Send,
+    mut recv: impl FnMut() -> P + Send,
+) -> f64 {
     pair(
         pa,
         pb,
         move || {
             for i in 0..n {
-                tx.send(P::make(i)).unwrap();
+                send(P::make(i));
             }
         },
         move || {
             let mut acc = 0;
             for _ in 0..n {
-                rx.recv().unwrap().consume(&mut acc);
+                recv().consume(&mut acc);
             }
             black_box(acc);
         },
     )
+}
+
+fn crossbeam_stream<P: Pay>(n: u64, cap: usize, pa: usize, pb: usize) -> f64 {
+    let (tx, rx) = crossbeam_channel::bounded::<P>(cap);
+    blocking_stream_with(n, pa, pb, move |v| tx.send(v).unwrap(), move || rx.recv().unwrap())
 }
 
 fn std_stream<P: Pay>(n: u64, cap: usize, pa: usize, pb: usize) -> f64 {
     let (tx, rx) = std::sync::mpsc::sync_channel::<P>(cap);
-    pair(
-        pa,
-        pb,
-        move || {
-            for i in 0..n {
-                tx.send(P::make(i)).unwrap();
-            }
-        },
-        move || {
-            let mut acc = 0;
-            for _ in 0..n {
-                rx.recv().unwrap().consume(&mut acc);
-            }
-            black_box(acc);
-        },
-    )
+    blocking_stream_with(n, pa, pb, move |v| tx.send(v).unwrap(), move || rx.recv().unwrap())
 }
 
 fn flume_stream<P: Pay>(n: u64, cap: usize, pa: usize, pb: usize) -> f64 {
     let (tx, rx) = flume::bounded::<P>(cap);
-    pair(
-        pa,
-        pb,
-        move || {
-            for i in 0..n {
-                tx.send(P::make(i)).unwrap();
-            }
-        },
-        move || {
-            let mut acc = 0;
-            for _ in 0..n {
-                rx.recv().unwrap().consume(&mut acc);
-            }
-            black_box(acc);
-        },
-    )
+    blocking_stream_with(n, pa, pb, move |v| tx.send(v).unwrap(), move || rx.recv().unwrap())
 }
 
 fn rt() -> tokio::runtime::Runtime {
