@@ -63,9 +63,14 @@ fuzz_target!(|ops: &[u8]| {
             _ => { cpu.send_mask(CpuMask::single(one), bounce, next, 0).unwrap(); want.push(next); next += 1; }
         }
     }
+    // synchronize_all covers what CPU 0 sent, not the echoes CPU 1's callbacks send
+    // back (those may wait in CPU 1's overflow queue until its next poll): poll
+    // until every expected value is here, with a deadline.
     cpu.synchronize_all().unwrap();
-    cpu.synchronize_all().unwrap();
-    while cpu.poll() > 0 {}
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while LOG.with(|l| l.borrow().len()) < want.len() && std::time::Instant::now() < deadline {
+        cpu.poll_or_park(Some(std::time::Duration::from_millis(1)));
+    }
     stop.store(true, Ordering::SeqCst);
     drop(cpu);
     echo.join().unwrap();
@@ -77,7 +82,8 @@ fuzz_target!(|ops: &[u8]| {
     g.sort_unstable();
     w.sort_unstable();
     assert_eq!(g, w, "every send runs exactly once");
-    let echoed: Vec<usize> = got.iter().copied().filter(|v| v >> 40 == 0) // echoed sends carry no tag bits.collect();
+    // Echoed sends carry no tag bits.
+    let echoed: Vec<usize> = got.iter().copied().filter(|v| v >> 40 == 0).collect();
     let mut sorted = echoed.clone();
     sorted.sort_unstable();
     assert_eq!(echoed, sorted, "per-pair order holds");
