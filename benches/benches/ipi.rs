@@ -184,6 +184,15 @@ fn dfly_stream(
 
 // ---- peers: stream -------------------------------------------------------------------
 
+/// The consumer of a busy-polled ring: pops `n` messages, spinning when empty.
+fn spin_consume<P: Pay>(n: u64, mut pop: impl FnMut() -> Option<P>) {
+    let mut acc = 0;
+    for _ in 0..n {
+        spin_recv(&mut pop).consume(&mut acc);
+    }
+    black_box(acc);
+}
+
 fn refring_stream<P: Pay>(n: u64, batch: usize, pa: usize, pb: usize) -> f64 {
     let (mut tx, mut rx) = refring::ring::<P>(256);
     pair(
@@ -209,19 +218,7 @@ fn refring_stream<P: Pay>(n: u64, batch: usize, pa: usize, pb: usize) -> f64 {
                 }
             }
         },
-        move || {
-            let mut acc = 0;
-            let mut got = 0;
-            while got < n {
-                if let Some(v) = rx.pop() {
-                    v.consume(&mut acc);
-                    got += 1;
-                } else {
-                    std::hint::spin_loop();
-                }
-            }
-            black_box(acc);
-        },
+        move || spin_consume(n, || rx.pop()),
     )
 }
 
@@ -251,19 +248,7 @@ fn rtrb_stream<P: Pay>(n: u64, batch: usize, pa: usize, pb: usize) -> f64 {
                 }
             }
         },
-        move || {
-            let mut acc = 0;
-            let mut got = 0;
-            while got < n {
-                if let Ok(v) = rx.pop() {
-                    v.consume(&mut acc);
-                    got += 1;
-                } else {
-                    std::hint::spin_loop();
-                }
-            }
-            black_box(acc);
-        },
+        move || spin_consume(n, || rx.pop().ok()),
     )
 }
 
@@ -282,19 +267,7 @@ fn arrayqueue_stream<P: Pay>(n: u64, pa: usize, pb: usize) -> f64 {
                 }
             }
         },
-        move || {
-            let mut acc = 0;
-            let mut got = 0;
-            while got < n {
-                if let Some(v) = q2.pop() {
-                    v.consume(&mut acc);
-                    got += 1;
-                } else {
-                    std::hint::spin_loop();
-                }
-            }
-            black_box(acc);
-        },
+        move || spin_consume(n, || q2.pop()),
     )
 }
 

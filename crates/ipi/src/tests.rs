@@ -706,6 +706,21 @@ mod loom_models {
         n.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// Attaches CPU 1 on a loom thread that polls, and parks whenever it finds
+    /// nothing, until `n` reaches `want`.
+    fn parking_receiver(x: &Crossbar, n: &Arc<AtomicUsize>, want: usize) -> thread::JoinHandle<()> {
+        let (x1, n1) = (x.clone(), n.clone());
+        thread::spawn(move || {
+            let cpu = x1.attach(1).unwrap();
+            while n1.load(Ordering::SeqCst) < want {
+                cpu.poll();
+                if n1.load(Ordering::SeqCst) < want {
+                    cpu.park(None);
+                }
+            }
+        })
+    }
+
     /// Ring + pending mask + park word: a receiver that parks whenever it finds
     /// nothing never misses a message (loom reports a deadlock if it would sleep
     /// forever).
@@ -714,16 +729,7 @@ mod loom_models {
         loom::model(|| {
             let x = Crossbar::with_config(2, cfg()).unwrap();
             let n = Arc::new(AtomicUsize::new(0));
-            let (x1, n1) = (x.clone(), n.clone());
-            let rx = thread::spawn(move || {
-                let cpu = x1.attach(1).unwrap();
-                while n1.load(Ordering::SeqCst) < 2 {
-                    cpu.poll();
-                    if n1.load(Ordering::SeqCst) < 2 {
-                        cpu.park(None);
-                    }
-                }
-            });
+            let rx = parking_receiver(&x, &n, 2);
             let cpu = x.attach(0).unwrap();
             let a = &*n as *const AtomicUsize as usize;
             cpu.send(CpuId::new(1).unwrap(), bump, a, 0).unwrap();
@@ -742,16 +748,7 @@ mod loom_models {
         loom::model(|| {
             let x = Crossbar::with_config(2, cfg()).unwrap();
             let n = Arc::new(AtomicUsize::new(0));
-            let (x1, n1) = (x.clone(), n.clone());
-            let rx = thread::spawn(move || {
-                let cpu = x1.attach(1).unwrap();
-                while n1.load(Ordering::SeqCst) < 1 {
-                    cpu.poll();
-                    if n1.load(Ordering::SeqCst) < 1 {
-                        cpu.park(None);
-                    }
-                }
-            });
+            let rx = parking_receiver(&x, &n, 1);
             let cpu = x.attach(0).unwrap();
             let a = &*n as *const AtomicUsize as usize;
             let seq = cpu.send(CpuId::new(1).unwrap(), bump, a, 0).unwrap();
