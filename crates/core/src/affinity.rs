@@ -39,3 +39,20 @@ pub fn pin_current_thread(core: usize) -> io::Result<()> {
     let _ = core;
     Err(io::Error::new(io::ErrorKind::Unsupported, "thread pinning is implemented on Linux only"))
 }
+
+/// The core the calling thread is running on right now (it may move at any time
+/// unless pinned), or `None` where the OS cannot say. A vDSO call on Linux: tens of
+/// nanoseconds, for slow paths.
+#[cfg(all(target_os = "linux", not(loom)))]
+pub fn current_core() -> Option<usize> {
+    // SAFETY: sched_getcpu takes no arguments and only reads the calling thread's
+    // state.
+    let c = unsafe { libc::sched_getcpu() };
+    usize::try_from(c).ok()
+}
+
+/// The core the calling thread is running on (unknown on this OS or under loom).
+#[cfg(not(all(target_os = "linux", not(loom))))]
+pub fn current_core() -> Option<usize> {
+    None
+}

@@ -254,6 +254,20 @@ mod normal {
         assert!(affinity::pin_current_thread(1 << 20).is_err());
         assert!(affinity::available_cores() >= 1);
     }
+
+    #[test]
+    fn current_core_follows_pinning() {
+        // On a fresh thread so the test runner's thread keeps its affinity. Pin to
+        // the core we are on (any core the process may use) and read it back.
+        let (pinned, seen) = std::thread::spawn(|| {
+            let core = affinity::current_core().expect("sched_getcpu works on Linux");
+            affinity::pin_current_thread(core).unwrap();
+            (core, affinity::current_core())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(seen, Some(pinned));
+    }
 }
 
 #[cfg(loom)]

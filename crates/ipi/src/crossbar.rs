@@ -46,10 +46,11 @@ use core::cell::{Cell, RefCell};
 use core::fmt;
 use core::time::Duration;
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use crossbeam_queue::ArrayQueue;
 use dfly_core::crit::{self, ReqFlag};
-use dfly_core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use dfly_core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use dfly_core::sync::Arc;
 use dfly_core::{
     set_current_cpu, Backoff, CachePadded, CpuId, CpuMask, CurrentCpuGuard, Futex, PerCpu,
@@ -68,6 +69,9 @@ pub type IpiFn = fn(&Cpu, usize, usize);
 
 /// Deepest nesting of IPI processing inside IPI callbacks that wait.
 pub const MAX_NEST: u32 = 16;
+/// How long a sender waiting for FIFO space spins without seeing the target make
+/// progress before it parks (only when the target runs on another core).
+const SPIN_WINDOW: Duration = Duration::from_micros(50);
 /// Longest single sleep while waiting on another CPU before re-checking that it is
 /// still attached.
 const WAIT_SLICE: Duration = Duration::from_millis(50);
@@ -75,6 +79,7 @@ const WAIT_SLICE: Duration = Duration::from_millis(50);
 const RUNNING: u32 = 0;
 const PARKED: u32 = 1;
 const WAKING: u32 = 2;
+const NO_CORE: u32 = u32::MAX;
 const PENDING_WORDS: usize = dfly_core::MAX_CPUS.div_ceil(64);
 
 /// Crossbar settings.
@@ -96,6 +101,10 @@ impl Default for Config {
 struct Inbox {
     pending: CachePadded<[AtomicU64; PENDING_WORDS]>,
     park: CachePadded<Futex>,
+    /// The OS core the CPU's thread last ran on, as it noted at attach and after
+    /// each sleep ([`NO_CORE`] if unknown): a hint for senders deciding whether
+    /// spinning can help.
+    core: CachePadded<AtomicU32>,
     attached: AtomicBool,
     foreign: ArrayQueue<Slot>,
 }
@@ -205,6 +214,7 @@ impl Crossbar {
         let inboxes = PerCpu::new(ncpus, |_| Inbox {
             pending: CachePadded::new(Default::default()),
             park: CachePadded::new(Futex::new(RUNNING)),
+            core: CachePadded::new(AtomicU32::new(NO_CORE)),
             attached: AtomicBool::new(false),
             foreign: ArrayQueue::new(config.foreign_capacity.max(1)),
         })
@@ -261,6 +271,7 @@ impl Crossbar {
             }
         };
         inbox.park.word().store(RUNNING, Ordering::SeqCst);
+        note_core(inbox);
         let cpu = Box::new(Cpu {
             shared: self.shared.clone(),
             id,
@@ -785,6 +796,46 @@ impl Cpu {
 
     fn wait_for_space(&self, target: CpuId, ring: &Ring, low: u32) -> Result<(), SendError> {
         let sh = &*self.shared;
+        // A target awake on another core is draining, and room is a moment away:
+        // spin and take the first free slot. Parking here would cost a heavy barrier
+        // and two syscalls per FIFO-full event (measured: a stream whose consumer
+        // polls slightly slower than its producer sends fell from ~18 to ~8 Mmsg/s).
+        // The spin stops when the target makes no progress (its published read index
+        // does not move) for SPIN_WINDOW, or is parked; and it never starts when the
+        // target last ran on this very core (oversubscribed): there, spinning only
+        // burns the time slice the target needs.
+        if !dfly_core::sync::LOOM && !self.shares_core_with(target) {
+            let high = sh.cap / 2;
+            let park = sh.inbox(target).park.word();
+            let mut seen = ring.published();
+            let mut stalled_since: Option<Instant> = None;
+            let mut spins = 0u32;
+            loop {
+                if ring.source_fill(true) <= high {
+                    return Ok(());
+                }
+                if self.process_while_waiting() > 0 {
+                    continue;
+                }
+                let now = ring.published();
+                if now != seen {
+                    seen = now;
+                    stalled_since = None;
+                }
+                spins = spins.wrapping_add(1);
+                if spins % 64 == 0 {
+                    if park.load(Ordering::Relaxed) != RUNNING {
+                        break;
+                    }
+                    match stalled_since {
+                        None => stalled_since = Some(Instant::now()),
+                        Some(t) if t.elapsed() > SPIN_WINDOW => break,
+                        Some(_) => {}
+                    }
+                }
+                core::hint::spin_loop();
+            }
+        }
         // The target may be asleep with only passive entries queued: make sure it
         // is awake to drain.
         if sh.kick(target) {
@@ -796,6 +847,17 @@ impl Cpu {
                 _ => SendError::Busy(target),
             }
         })
+    }
+
+    /// True if `target`'s thread last ran on the core this thread runs on now (or
+    /// either is unknown and the crossbar has more CPUs than the process has cores,
+    /// so sharing is likely).
+    fn shares_core_with(&self, target: CpuId) -> bool {
+        let theirs = self.shared.inbox(target).core.load(Ordering::Relaxed);
+        match (theirs, dfly_core::affinity::current_core()) {
+            (NO_CORE, _) | (_, None) => self.ncpus() > dfly_core::affinity::available_cores(),
+            (t, Some(mine)) => t as usize == mine,
+        }
     }
 
     /// Runs one entry as an IPI callback on this CPU.
@@ -1003,6 +1065,7 @@ impl Cpu {
             let inbox = sh.inbox(self.id);
             inbox.park.wait(PARKED, timeout);
             inbox.park.word().store(RUNNING, Ordering::SeqCst);
+            note_core(inbox);
         }
         for &t in &marked {
             sh.ring(t, self.id).clear_waiting();
@@ -1126,6 +1189,12 @@ impl Cpu {
         let r = out.lock().unwrap_or_else(|e| e.into_inner()).take();
         r.ok_or(WaitError::Shutdown)
     }
+}
+
+/// Records the calling thread's current core in `inbox` (see [`Inbox::core`]).
+fn note_core(inbox: &Inbox) {
+    let core = dfly_core::affinity::current_core().map_or(NO_CORE, |c| c as u32);
+    inbox.core.store(core, Ordering::Relaxed);
 }
 
 fn noop(_: &Cpu, _: usize, _: usize) {}

@@ -152,6 +152,13 @@ impl Ring {
         Some(nw)
     }
 
+    /// The read index as last published by the target (a progress signal for a
+    /// source waiting for space).
+    #[inline]
+    pub(crate) fn published(&self) -> u32 {
+        self.published.load(Ordering::Acquire)
+    }
+
     /// The source's write index. Source only.
     #[inline]
     pub(crate) fn source_windex(&self) -> u32 {
