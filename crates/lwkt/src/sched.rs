@@ -1,0 +1,1095 @@
+//! One CPU's scheduler: its threads, run queue, sleep queues, timers and stack pool,
+//! and [`Ctx`], the handle a running thread uses to talk to it.
+//!
+//! # Ownership
+//! A [`CpuCore`] lives on one OS thread (the CPU's thread, or the simulation's) and
+//! is reached through an `Rc`; nothing in it is shared with other CPUs. Other CPUs
+//! and foreign threads reach it only through its request queue in
+//! [`crate::machine::Shared`] (and the sleep-bucket masks, which it alone sets and
+//! clears for itself).
+//!
+//! # Switching
+//! A thread's stack is a `corosensei` coroutine. The scheduler loop takes the
+//! chosen thread's coroutine out of the record, resumes it *without holding any
+//! borrow of the core*, and files the result when it comes back: a yield, a block
+//! (the thread already put itself to sleep), or a return with a [`Step`] (done, block
+//! with a continuation, migrate). Tokens are released right after the coroutine
+//! comes back and re-acquired (all or nothing) right before it is resumed.
+//!
+//! # Sleeping
+//! `tsleep_interlock` puts the thread on its CPU's sleep queue for `ident` and sets
+//! the CPU's bit in the ident's bucket mask (then a SeqCst fence) *before* the caller
+//! checks its condition; a waker changes the condition, fences, then reads the mask.
+//! Either the waker sees the bit (and the wakeup reaches this CPU's queue, where the
+//! thread already is) or the sleeper sees the condition. A wakeup that finds the
+//! thread still running marks it woken, and the following `tsleep` returns at once.
+//! Must never happen: a thread asleep on an ident whose bucket bit is clear for its
+//! CPU; a timer or stale wakeup waking a later sleep (sleep generations prevent it).
+
+use core::cell::RefCell;
+use core::fmt;
+use core::marker::PhantomData;
+use core::time::Duration;
+use std::any::Any;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use corosensei::stack::DefaultStack;
+use corosensei::{Coroutine, CoroutineResult, Yielder};
+use dfly_core::clock::Timestamp;
+use dfly_core::sync::atomic::{fence, Ordering};
+use dfly_core::CpuId;
+use dfly_ipi::CpuHandle;
+use slab::Slab;
+
+use crate::machine::{JoinError, JoinHandle, JoinState, Request, Shared, Spawn, SpawnError};
+use crate::runq::RunQueue;
+use crate::token::{Acquire, Held, TokenError, TokenRef, TokenStack};
+use crate::{Flow, Priority};
+
+/// A thread's identity: its CPU, its slot there, and a unique number (so an id of a
+/// finished thread never names a later one). Migration gives a thread a new id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ThreadId {
+    pub(crate) cpu: CpuId,
+    pub(crate) key: usize,
+    pub(crate) uid: u64,
+}
+
+impl ThreadId {
+    /// The CPU the thread belongs to.
+    pub fn cpu(&self) -> CpuId {
+        self.cpu
+    }
+}
+
+impl fmt::Display for ThreadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "thread {}@{}", self.uid, self.cpu)
+    }
+}
+
+/// A `tsleep` that ended by its timeout rather than a wakeup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimedOut;
+
+impl fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("sleep timed out")
+    }
+}
+
+impl std::error::Error for TimedOut {}
+
+/// Why [`Ctx::schedule`] could not act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScheduleError {
+    /// The thread has finished (or the id is stale).
+    NoSuchThread(ThreadId),
+    /// The id names a CPU this machine does not have.
+    NoSuchCpu(CpuId),
+}
+
+impl fmt::Display for ScheduleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ScheduleError::NoSuchThread(t) => write!(f, "{t} does not exist (finished?)"),
+            ScheduleError::NoSuchCpu(c) => write!(f, "{c} does not exist on this machine"),
+        }
+    }
+}
+
+impl std::error::Error for ScheduleError {}
+
+/// What a thread body hands back to its scheduler when its stack ends.
+pub(crate) enum Step {
+    Done,
+    Block { ident: usize, timeout: Option<Duration>, cont: Cont },
+    Migrate { cpu: CpuId, cont: Cont },
+}
+
+/// A thread body or continuation.
+pub(crate) type Cont = Box<dyn for<'y> FnOnce(&mut Ctx<'y>) -> Step + Send>;
+
+/// Why a running thread handed control back to the scheduler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Switch {
+    Yield,
+    Block,
+    TokenWait,
+}
+
+type Co = Coroutine<(), Switch, Step, DefaultStack>;
+
+enum Body {
+    Fresh(Cont),
+    Stack(Co),
+    Running,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Runnable,
+    Sleeping,
+    Blocked,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    None,
+    Woken,
+    TimedOut,
+}
+
+/// Where a thread waits: an ident (or none, for a plain timed sleep) and the
+/// generation that timers and queue entries must match.
+#[derive(Debug, Clone, Copy)]
+struct SleepRec {
+    ident: Option<usize>,
+    gen: u32,
+}
+
+/// Type-erased completion of a thread's join handle.
+pub(crate) trait JoinSignal: Send + Sync {
+    fn fail(&self, err: JoinError, shared: &Shared);
+}
+
+/// A thread on its way to a CPU (spawn or migration): everything but a stack.
+pub(crate) struct NewThread {
+    pub(crate) name: Option<Box<str>>,
+    pub(crate) prio: Priority,
+    pub(crate) body: Cont,
+    pub(crate) join: Arc<dyn JoinSignal>,
+    pub(crate) tokens: TokenStack,
+}
+
+struct Thread {
+    uid: u64,
+    name: Option<Box<str>>,
+    prio: Priority,
+    state: State,
+    body: Body,
+    tokens: TokenStack,
+    join: Arc<dyn JoinSignal>,
+    sleep: Option<SleepRec>,
+    sleep_gen: u32,
+    wake: Wake,
+    interlocked: Option<usize>,
+}
+
+/// Per-CPU counters (the owner writes, anyone reads a snapshot).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchedStats {
+    /// Threads resumed.
+    pub switches: u64,
+    /// `yield_now` calls that switched.
+    pub yields: u64,
+    /// `yield_now` calls that returned at once (nothing else to run).
+    pub cheap_yields: u64,
+    /// Threads woken by this CPU's own wakeups.
+    pub local_wakeups: u64,
+    /// Threads woken by requests from other CPUs or foreign threads.
+    pub remote_wakeups: u64,
+    /// Attempts to run a thread that failed because a token was held elsewhere.
+    pub token_contention: u64,
+    /// Threads created on this CPU (spawned or migrated in).
+    pub threads_created: u64,
+    /// Threads that ended on this CPU.
+    pub threads_exited: u64,
+    /// Threads live on this CPU now.
+    pub threads_live: u64,
+    /// Stacks currently attached to threads of this CPU.
+    pub stacks_in_use: u64,
+    /// Stacks kept in this CPU's pool for reuse.
+    pub stacks_pooled: u64,
+    /// Stacks this CPU created (pool misses).
+    pub stacks_created: u64,
+    /// Times this CPU parked with nothing to do.
+    pub parks: u64,
+}
+
+/// What one scheduling step did (for the simulation's trace and the idle logic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Ran {
+    Nothing,
+    TokenBlocked,
+    Yielded(u64),
+    Blocked(u64),
+    Exited(u64),
+    Continued(u64),
+    Migrated(u64),
+}
+
+const STACK_POOL_MAX: usize = 64;
+
+pub(crate) struct Inner {
+    threads: Slab<Thread>,
+    runq: RunQueue<usize>,
+    sleepq: HashMap<usize, VecDeque<(usize, u32)>>,
+    bucket_sleepers: Vec<u32>,
+    timers: BinaryHeap<Reverse<(u64, u64, usize, u32)>>,
+    timer_seq: u64,
+    stacks: Vec<DefaultStack>,
+    next_uid: u64,
+    pub(crate) stats: SchedStats,
+    current: Option<usize>,
+}
+
+/// One CPU's scheduler state (see the module docs).
+pub(crate) struct CpuCore {
+    pub(crate) id: CpuId,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) ipi: Option<CpuHandle>,
+    pub(crate) inner: RefCell<Inner>,
+}
+
+std::thread_local! {
+    static CORE: RefCell<Option<Rc<CpuCore>>> = const { RefCell::new(None) };
+    static FORCE_UNWIND: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
+/// The scheduler of the CPU the calling OS thread currently runs, if any.
+pub(crate) fn current_core() -> Option<Rc<CpuCore>> {
+    CORE.with(|c| c.borrow().clone())
+}
+
+/// Makes `core` the calling OS thread's current scheduler (None to clear).
+pub(crate) fn set_current_core(core: Option<Rc<CpuCore>>) {
+    CORE.with(|c| *c.borrow_mut() = core);
+}
+
+impl CpuCore {
+    pub(crate) fn new(id: CpuId, shared: Arc<Shared>, ipi: Option<CpuHandle>) -> Rc<CpuCore> {
+        Rc::new(CpuCore {
+            id,
+            shared,
+            ipi,
+            inner: RefCell::new(Inner {
+                threads: Slab::new(),
+                runq: RunQueue::new(),
+                sleepq: HashMap::new(),
+                bucket_sleepers: vec![0; crate::machine::SLEEP_BUCKETS],
+                timers: BinaryHeap::new(),
+                timer_seq: 0,
+                stacks: Vec::new(),
+                next_uid: 1,
+                stats: SchedStats::default(),
+                current: None,
+            }),
+        })
+    }
+
+    fn now(&self) -> Timestamp {
+        self.shared.now()
+    }
+
+    fn publish_stats(&self, inner: &Inner) {
+        self.shared.publish_stats(self.id, inner.stats);
+    }
+
+    /// True if this CPU has anything to do now (runnable threads, requests, due
+    /// timers).
+    pub(crate) fn has_work(&self, now: Timestamp) -> bool {
+        let inner = self.inner.borrow();
+        inner.runq.len() > 0
+            || !self.shared.inbox(self.id).is_empty()
+            || inner.timers.peek().is_some_and(|Reverse(t)| t.0 <= now.as_nanos())
+    }
+
+    /// The earliest timer deadline, if any.
+    pub(crate) fn next_deadline(&self) -> Option<Timestamp> {
+        self.inner.borrow().timers.peek().map(|Reverse(t)| Timestamp::from_nanos(t.0))
+    }
+
+    /// Number of live threads.
+    pub(crate) fn live_threads(&self) -> usize {
+        self.inner.borrow().threads.len()
+    }
+
+    // ---- requests ---------------------------------------------------------------
+
+    /// Runs every queued request. Returns how many ran.
+    pub(crate) fn drain_requests(&self) -> usize {
+        let inbox = self.shared.inbox(self.id);
+        if inbox.is_empty() {
+            return 0;
+        }
+        inbox.clear_notified();
+        let mut n = 0;
+        while let Some(req) = inbox.pop() {
+            n += 1;
+            self.handle(req);
+        }
+        n
+    }
+
+    fn handle(&self, req: Request) {
+        match req {
+            Request::Spawn(nt) => self.adopt(nt),
+            Request::Schedule(tid) => {
+                let _ = self.schedule_local(tid, true);
+            }
+            Request::Wakeup { ident, one, tried } => {
+                let n = self.local_wakeup(ident, one, true);
+                if one && n == 0 {
+                    self.shared.forward_wakeup_one(Some(self), ident, tried);
+                }
+            }
+        }
+    }
+
+    /// Takes ownership of a new or migrating thread and makes it runnable.
+    pub(crate) fn adopt(&self, nt: NewThread) {
+        let mut inner = self.inner.borrow_mut();
+        let uid = inner.next_uid;
+        inner.next_uid += 1;
+        let key = inner.threads.insert(Thread {
+            uid,
+            name: nt.name,
+            prio: nt.prio,
+            state: State::Runnable,
+            body: Body::Fresh(nt.body),
+            tokens: nt.tokens,
+            join: nt.join,
+            sleep: None,
+            sleep_gen: 0,
+            wake: Wake::None,
+            interlocked: None,
+        });
+        inner.runq.push_back(key, nt.prio);
+        inner.stats.threads_created += 1;
+        inner.stats.threads_live = inner.threads.len() as u64;
+        self.publish_stats(&inner);
+    }
+
+    /// Makes a descheduled or sleeping thread runnable (`remote`: asked by another
+    /// CPU).
+    pub(crate) fn schedule_local(&self, tid: ThreadId, remote: bool) -> Result<(), ScheduleError> {
+        let mut inner = self.inner.borrow_mut();
+        let ok = inner.threads.get(tid.key).is_some_and(|t| t.uid == tid.uid);
+        if !ok {
+            return Err(ScheduleError::NoSuchThread(tid));
+        }
+        self.wake_thread(&mut inner, tid.key, Wake::Woken, remote);
+        Ok(())
+    }
+
+    /// Ends `key`'s sleep or block with `why`; a running thread that interlocked is
+    /// marked so its `tsleep` returns at once.
+    fn wake_thread(&self, inner: &mut Inner, key: usize, why: Wake, remote: bool) {
+        let Some(t) = inner.threads.get_mut(key) else { return };
+        if let Some(rec) = t.sleep.take() {
+            if let Some(ident) = rec.ident {
+                self.unqueue(inner, ident, key, rec.gen);
+            }
+        }
+        let Some(t) = inner.threads.get_mut(key) else { return };
+        t.wake = why;
+        if t.state != State::Runnable {
+            t.state = State::Runnable;
+            let p = t.prio;
+            inner.runq.push_back(key, p);
+            if remote {
+                inner.stats.remote_wakeups += 1;
+            } else {
+                inner.stats.local_wakeups += 1;
+            }
+        }
+    }
+
+    fn unqueue(&self, inner: &mut Inner, ident: usize, key: usize, gen: u32) {
+        if let Some(q) = inner.sleepq.get_mut(&ident) {
+            if let Some(i) = q.iter().position(|&(k, g)| k == key && g == gen) {
+                q.remove(i);
+                if q.is_empty() {
+                    inner.sleepq.remove(&ident);
+                }
+                self.bucket_drop(inner, ident);
+            }
+        }
+    }
+
+    fn bucket_drop(&self, inner: &mut Inner, ident: usize) {
+        let b = crate::machine::bucket(ident);
+        inner.bucket_sleepers[b] -= 1;
+        if inner.bucket_sleepers[b] == 0 {
+            // Only this CPU clears its own bit, and only with no sleepers left in
+            // the bucket; a waker that read the old bit sends a harmless request.
+            self.shared.sleep_mask(b).clear(self.id, Ordering::SeqCst);
+        }
+    }
+
+    /// Wakes sleepers on `ident` queued on this CPU (one, or all). Returns how many.
+    pub(crate) fn local_wakeup(&self, ident: usize, one: bool, remote: bool) -> usize {
+        let mut inner = self.inner.borrow_mut();
+        let mut n = 0;
+        loop {
+            let next = inner.sleepq.get_mut(&ident).and_then(|q| q.pop_front());
+            let Some((key, gen)) = next else { break };
+            if inner.sleepq.get(&ident).is_some_and(|q| q.is_empty()) {
+                inner.sleepq.remove(&ident);
+            }
+            self.bucket_drop(&mut inner, ident);
+            let live = inner
+                .threads
+                .get(key)
+                .is_some_and(|t| t.sleep.is_some_and(|r| r.gen == gen && r.ident == Some(ident)));
+            if !live {
+                continue;
+            }
+            if let Some(t) = inner.threads.get_mut(key) {
+                t.sleep = None;
+            }
+            self.wake_thread(&mut inner, key, Wake::Woken, remote);
+            n += 1;
+            if one {
+                break;
+            }
+        }
+        self.publish_stats(&inner);
+        n
+    }
+
+    // ---- timers -----------------------------------------------------------------
+
+    /// Fires every timer due at `now`. Returns how many woke a thread.
+    pub(crate) fn fire_timers(&self, now: Timestamp) -> usize {
+        let mut inner = self.inner.borrow_mut();
+        let mut n = 0;
+        while let Some(&Reverse((at, _, key, gen))) = inner.timers.peek() {
+            if at > now.as_nanos() {
+                break;
+            }
+            inner.timers.pop();
+            let live =
+                inner.threads.get(key).is_some_and(|t| t.sleep.is_some_and(|r| r.gen == gen));
+            if live {
+                self.wake_thread(&mut inner, key, Wake::TimedOut, false);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    // ---- running ----------------------------------------------------------------
+
+    fn take_stack(&self, inner: &mut Inner) -> Result<DefaultStack, std::io::Error> {
+        if let Some(s) = inner.stacks.pop() {
+            inner.stats.stacks_pooled = inner.stacks.len() as u64;
+            return Ok(s);
+        }
+        inner.stats.stacks_created += 1;
+        DefaultStack::new(self.shared.stack_size)
+    }
+
+    fn give_stack(&self, inner: &mut Inner, s: DefaultStack) {
+        if inner.stacks.len() < STACK_POOL_MAX {
+            inner.stacks.push(s);
+        }
+        inner.stats.stacks_pooled = inner.stacks.len() as u64;
+    }
+
+    /// Runs the first runnable thread whose tokens can all be taken, until it
+    /// switches back. Returns what happened.
+    pub(crate) fn run_one(self: &Rc<Self>) -> Ran {
+        let (key, uid, mut co) = {
+            let mut inner = self.inner.borrow_mut();
+            if inner.runq.len() == 0 {
+                return Ran::Nothing;
+            }
+            let mut chosen = None;
+            let order: Vec<usize> = inner.runq.iter().map(|(k, _)| k).collect();
+            for k in order {
+                let Some(t) = inner.threads.get_mut(k) else { continue };
+                if t.tokens.acquire_all() {
+                    chosen = Some(k);
+                    break;
+                }
+                inner.stats.token_contention += 1;
+            }
+            let Some(key) = chosen else {
+                self.publish_stats(&inner);
+                return Ran::TokenBlocked;
+            };
+            let body = match inner.threads.get_mut(key) {
+                Some(t) => core::mem::replace(&mut t.body, Body::Running),
+                None => return Ran::Nothing,
+            };
+            let uid = inner.threads[key].uid;
+            let co = match body {
+                Body::Stack(co) => co,
+                Body::Fresh(cont) => match self.take_stack(&mut inner) {
+                    Ok(stack) => {
+                        inner.stats.stacks_in_use += 1;
+                        let join = inner.threads[key].join.clone();
+                        self.make_coroutine(key, uid, cont, stack, join)
+                    }
+                    Err(e) => {
+                        let t = inner.threads.remove(key);
+                        inner.runq.remove(key, t.prio);
+                        drop(inner);
+                        t.join.fail(JoinError::NoStack(e.to_string()), &self.shared);
+                        return Ran::Exited(uid);
+                    }
+                },
+                Body::Running => return Ran::Nothing,
+            };
+            inner.current = Some(key);
+            inner.stats.switches += 1;
+            (key, uid, co)
+        };
+        let result = co.resume(());
+        let mut inner = self.inner.borrow_mut();
+        inner.current = None;
+        let Some(t) = inner.threads.get_mut(key) else { return Ran::Nothing };
+        t.tokens.release_all();
+        let ran = match result {
+            CoroutineResult::Yield(why) => {
+                t.body = Body::Stack(co);
+                match why {
+                    Switch::Yield | Switch::TokenWait => Ran::Yielded(uid),
+                    Switch::Block => Ran::Blocked(uid),
+                }
+            }
+            CoroutineResult::Return(step) => {
+                let stack = co.into_stack();
+                inner.stats.stacks_in_use -= 1;
+                self.give_stack(&mut inner, stack);
+                self.file_step(&mut inner, key, uid, step)
+            }
+        };
+        self.publish_stats(&inner);
+        ran
+    }
+
+    fn file_step(&self, inner: &mut Inner, key: usize, uid: u64, step: Step) -> Ran {
+        match step {
+            Step::Done => {
+                let t = inner.threads.remove(key);
+                inner.runq.remove(key, t.prio);
+                if let Some(rec) = t.sleep {
+                    if let Some(ident) = rec.ident {
+                        self.unqueue(inner, ident, key, rec.gen);
+                    }
+                }
+                inner.stats.threads_exited += 1;
+                inner.stats.threads_live = inner.threads.len() as u64;
+                Ran::Exited(uid)
+            }
+            Step::Block { ident, timeout, cont } => {
+                let now = self.now();
+                let t = &mut inner.threads[key];
+                t.body = Body::Fresh(cont);
+                let interlocked = t.interlocked.take() == Some(ident);
+                if interlocked && t.sleep.is_none() {
+                    // Woken between the interlock and the block: run on at once.
+                    return Ran::Continued(uid);
+                }
+                if !interlocked {
+                    self.interlock(inner, key, Some(ident));
+                }
+                self.sleep_prepare(inner, key, timeout, now);
+                Ran::Continued(uid)
+            }
+            Step::Migrate { cpu, cont } => {
+                let t = inner.threads.remove(key);
+                inner.runq.remove(key, t.prio);
+                inner.stats.threads_live = inner.threads.len() as u64;
+                let nt = NewThread {
+                    name: t.name.clone(),
+                    prio: t.prio,
+                    body: cont,
+                    join: t.join.clone(),
+                    tokens: TokenStack::default(),
+                };
+                // The token stack cannot travel with live entries (it is empty at
+                // migration: `Ctx::migrate` refuses while tokens are held).
+                drop(t);
+                self.shared.push_request(cpu, Request::Spawn(nt), Some(self));
+                Ran::Migrated(uid)
+            }
+        }
+    }
+
+    /// Queues thread `key` on `ident` (None: a plain timed sleep) and sets this
+    /// CPU's bit in the ident's bucket, then fences.
+    fn interlock(&self, inner: &mut Inner, key: usize, ident: Option<usize>) {
+        let t = &mut inner.threads[key];
+        if let Some(old) = t.sleep.take() {
+            if let Some(i) = old.ident {
+                self.unqueue(inner, i, key, old.gen);
+            }
+        }
+        let t = &mut inner.threads[key];
+        t.sleep_gen = t.sleep_gen.wrapping_add(1);
+        let gen = t.sleep_gen;
+        t.sleep = Some(SleepRec { ident, gen });
+        t.wake = Wake::None;
+        if let Some(ident) = ident {
+            inner.sleepq.entry(ident).or_default().push_back((key, gen));
+            let b = crate::machine::bucket(ident);
+            inner.bucket_sleepers[b] += 1;
+            if inner.bucket_sleepers[b] == 1 {
+                self.shared.sleep_mask(b).set(self.id, Ordering::SeqCst);
+            }
+            fence(Ordering::SeqCst);
+        }
+    }
+
+    /// Takes `key` off the run queue as a sleeper, with a timer if `timeout`.
+    fn sleep_prepare(
+        &self,
+        inner: &mut Inner,
+        key: usize,
+        timeout: Option<Duration>,
+        now: Timestamp,
+    ) {
+        let t = &mut inner.threads[key];
+        let gen = t.sleep.map_or(0, |r| r.gen);
+        t.state = State::Sleeping;
+        let p = t.prio;
+        inner.runq.remove(key, p);
+        if let Some(d) = timeout {
+            let at = now.as_nanos().saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+            inner.timer_seq += 1;
+            let seq = inner.timer_seq;
+            inner.timers.push(Reverse((at, seq, key, gen)));
+        }
+    }
+
+    fn make_coroutine(
+        self: &Rc<Self>,
+        key: usize,
+        uid: u64,
+        cont: Cont,
+        stack: DefaultStack,
+        join: Arc<dyn JoinSignal>,
+    ) -> Co {
+        let core = self.clone();
+        Coroutine::with_stack(stack, move |y: &Yielder<(), Switch>, ()| {
+            let shared = core.shared.clone();
+            let mut cx = Ctx { y, core, key, uid, _not_send: PhantomData };
+            match catch_unwind(AssertUnwindSafe(|| cont(&mut cx))) {
+                Ok(step) => step,
+                Err(payload) => {
+                    if FORCE_UNWIND.with(|f| f.get()) {
+                        // Shutdown is unwinding this stack: let it through.
+                        resume_unwind(payload);
+                    }
+                    join.fail(JoinError::Panicked(payload), &shared);
+                    Step::Done
+                }
+            }
+        })
+    }
+
+    /// Tears down every thread (shutdown): suspended stacks are unwound, so their
+    /// destructors run; every join handle learns the machine stopped.
+    pub(crate) fn shutdown(&self) {
+        let threads: Vec<Thread> = {
+            let mut inner = self.inner.borrow_mut();
+            inner.timers.clear();
+            inner.sleepq.clear();
+            for b in inner.bucket_sleepers.iter_mut() {
+                *b = 0;
+            }
+            let keys: Vec<usize> = inner.threads.iter().map(|(k, _)| k).collect();
+            keys.into_iter().map(|k| inner.threads.remove(k)).collect()
+        };
+        for b in 0..crate::machine::SLEEP_BUCKETS {
+            self.shared.sleep_mask(b).clear(self.id, Ordering::SeqCst);
+        }
+        FORCE_UNWIND.with(|f| f.set(true));
+        for t in threads {
+            t.join.fail(JoinError::Stopped, &self.shared);
+            drop(t);
+        }
+        FORCE_UNWIND.with(|f| f.set(false));
+        while let Some(req) = self.shared.inbox(self.id).pop() {
+            if let Request::Spawn(nt) = req {
+                nt.join.fail(JoinError::Stopped, &self.shared);
+            }
+        }
+        let mut inner = self.inner.borrow_mut();
+        inner.stacks.clear();
+        inner.stats.stacks_in_use = 0;
+        inner.stats.stacks_pooled = 0;
+        inner.stats.threads_live = 0;
+        self.publish_stats(&inner);
+    }
+}
+
+/// A running thread's handle to its CPU: every blocking operation takes `&mut Ctx`,
+/// every non-blocking one `&Ctx` (see the token module for why that matters).
+/// Not `Send`: it belongs to one thread's stack.
+pub struct Ctx<'y> {
+    y: &'y Yielder<(), Switch>,
+    core: Rc<CpuCore>,
+    key: usize,
+    uid: u64,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl fmt::Debug for Ctx<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ctx").field("thread", &self.id()).finish()
+    }
+}
+
+impl<'y> Ctx<'y> {
+    /// This thread's id.
+    pub fn id(&self) -> ThreadId {
+        ThreadId { cpu: self.core.id, key: self.key, uid: self.uid }
+    }
+
+    /// The CPU this thread runs on.
+    pub fn cpu(&self) -> CpuId {
+        self.core.id
+    }
+
+    /// Number of CPUs of the machine.
+    pub fn ncpus(&self) -> usize {
+        self.core.shared.ncpus
+    }
+
+    /// The thread's name, if it was given one.
+    pub fn name(&self) -> Option<String> {
+        self.core
+            .inner
+            .borrow()
+            .threads
+            .get(self.key)
+            .and_then(|t| t.name.as_deref().map(String::from))
+    }
+
+    /// True under [`crate::Machine::simulated`] (spinning cannot help there: no
+    /// other CPU runs while this one spins).
+    pub fn is_simulated(&self) -> bool {
+        self.core.ipi.is_none()
+    }
+
+    /// The machine's time (virtual under simulation).
+    pub fn now(&self) -> Timestamp {
+        self.core.now()
+    }
+
+    /// A handle for spawning and waking from anywhere (it is `Send`).
+    pub fn machine(&self) -> crate::MachineHandle {
+        crate::MachineHandle { shared: self.core.shared.clone() }
+    }
+
+    /// This thread's priority.
+    pub fn priority(&self) -> Priority {
+        self.core.inner.borrow().threads[self.key].prio
+    }
+
+    /// Changes this thread's priority. As in DragonFly this does not switch by
+    /// itself; a higher-priority thread that is now runnable runs at the next
+    /// scheduling point ([`yield_now`](Self::yield_now) or a block).
+    pub fn set_priority(&mut self, p: Priority) {
+        let mut inner = self.core.inner.borrow_mut();
+        let old = inner.threads[self.key].prio;
+        if old != p && inner.runq.remove(self.key, old) {
+            inner.runq.push_back(self.key, p);
+        }
+        inner.threads[self.key].prio = p;
+    }
+
+    fn suspend(&mut self, why: Switch) {
+        self.y.suspend(why);
+    }
+
+    /// Lets other threads run: switches if another thread of this priority or
+    /// higher is runnable, or requests or due timers are waiting; otherwise returns
+    /// at once (cheap enough to call in a loop).
+    pub fn yield_now(&mut self) {
+        let must = {
+            let mut inner = self.core.inner.borrow_mut();
+            let p = inner.threads[self.key].prio;
+            let others = inner.runq.other_at_or_above(self.key, p);
+            let pending = !self.core.shared.inbox(self.core.id).is_empty()
+                || self.core.ipi.as_ref().is_some_and(|c| c.has_pending())
+                || inner.timers.peek().is_some_and(|Reverse(t)| t.0 <= self.core.now().as_nanos());
+            if others || pending {
+                inner.runq.rotate_to_tail(self.key, p);
+                inner.stats.yields += 1;
+                true
+            } else {
+                inner.stats.cheap_yields += 1;
+                false
+            }
+        };
+        if must {
+            self.suspend(Switch::Yield);
+        }
+    }
+
+    /// Puts this thread on the sleep queue of `ident` before the caller checks its
+    /// wait condition, so a wakeup between the check and [`tsleep`](Self::tsleep)
+    /// is not lost (DragonFly's `tsleep_interlock`).
+    pub fn tsleep_interlock(&mut self, ident: usize) {
+        let mut inner = self.core.inner.borrow_mut();
+        self.core.interlock(&mut inner, self.key, Some(ident));
+        inner.threads[self.key].interlocked = Some(ident);
+    }
+
+    /// Sleeps until [`wakeup`](Self::wakeup) on `ident` (from any CPU or foreign
+    /// thread) or until `timeout`. If this thread interlocked on `ident` and was
+    /// woken since, returns at once.
+    pub fn tsleep(&mut self, ident: usize, timeout: Option<Duration>) -> Result<(), TimedOut> {
+        self.sleep_on(Some(ident), timeout)
+    }
+
+    fn sleep_on(
+        &mut self,
+        ident: Option<usize>,
+        timeout: Option<Duration>,
+    ) -> Result<(), TimedOut> {
+        {
+            let now = self.core.now();
+            let mut inner = self.core.inner.borrow_mut();
+            let t = &mut inner.threads[self.key];
+            let interlocked = ident.is_some() && t.interlocked.take() == ident;
+            if interlocked && t.sleep.is_none() {
+                t.wake = Wake::None;
+                return Ok(());
+            }
+            if !interlocked {
+                self.core.interlock(&mut inner, self.key, ident);
+            }
+            self.core.sleep_prepare(&mut inner, self.key, timeout, now);
+        }
+        self.suspend(Switch::Block);
+        let mut inner = self.core.inner.borrow_mut();
+        let t = &mut inner.threads[self.key];
+        let w = core::mem::replace(&mut t.wake, Wake::None);
+        if w == Wake::TimedOut {
+            Err(TimedOut)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Sleeps until `cond()` holds, rechecking after every wakeup on `ident`; the
+    /// interlock makes it free of lost wakeups as long as whoever makes `cond`
+    /// true calls `wakeup(ident)` afterwards.
+    pub fn tsleep_until(
+        &mut self,
+        ident: usize,
+        timeout: Option<Duration>,
+        mut cond: impl FnMut() -> bool,
+    ) -> Result<(), TimedOut> {
+        let deadline =
+            timeout.map(|d| self.core.now().as_nanos().saturating_add(d.as_nanos() as u64));
+        loop {
+            self.tsleep_interlock(ident);
+            if cond() {
+                self.cancel_interlock();
+                return Ok(());
+            }
+            let left = match deadline {
+                Some(at) => {
+                    let now = self.core.now().as_nanos();
+                    if now >= at {
+                        self.cancel_interlock();
+                        return Err(TimedOut);
+                    }
+                    Some(Duration::from_nanos(at - now))
+                }
+                None => None,
+            };
+            if self.tsleep(ident, left).is_err() && !cond() {
+                return Err(TimedOut);
+            }
+        }
+    }
+
+    fn cancel_interlock(&mut self) {
+        let mut inner = self.core.inner.borrow_mut();
+        let t = &mut inner.threads[self.key];
+        t.interlocked = None;
+        if let Some(rec) = t.sleep.take() {
+            if let Some(ident) = rec.ident {
+                self.core.unqueue(&mut inner, ident, self.key, rec.gen);
+            }
+        }
+    }
+
+    /// Sleeps for `d` of machine time.
+    pub fn sleep(&mut self, d: Duration) {
+        let _ = self.sleep_on(None, Some(d));
+    }
+
+    /// Wakes every thread sleeping on `ident`, on any CPU.
+    pub fn wakeup(&self, ident: usize) {
+        self.core.shared.route_wakeup(Some(&self.core), ident, false);
+    }
+
+    /// Wakes one thread sleeping on `ident`: one on this CPU if there is one,
+    /// otherwise the request travels CPU to CPU until one wakes a sleeper.
+    pub fn wakeup_one(&self, ident: usize) {
+        self.core.shared.route_wakeup(Some(&self.core), ident, true);
+    }
+
+    /// Deschedules this thread until some thread calls [`schedule`](Self::schedule)
+    /// (or [`crate::MachineHandle::schedule`]) with its id.
+    pub fn block(&mut self) {
+        {
+            let mut inner = self.core.inner.borrow_mut();
+            let t = &mut inner.threads[self.key];
+            t.state = State::Blocked;
+            let p = t.prio;
+            inner.runq.remove(self.key, p);
+        }
+        self.suspend(Switch::Block);
+    }
+
+    /// Makes `tid` runnable if it is blocked or sleeping: directly on this CPU, by
+    /// request on another (the error for a finished remote thread is not reported;
+    /// it is counted there).
+    pub fn schedule(&self, tid: ThreadId) -> Result<(), ScheduleError> {
+        if tid.cpu == self.core.id {
+            self.core.schedule_local(tid, false)
+        } else {
+            self.core.shared.schedule(tid, Some(&self.core))
+        }
+    }
+
+    /// Spawns a thread (see [`crate::Machine::spawn`]).
+    pub fn spawn<F, R>(&self, opts: Spawn, f: F) -> Result<JoinHandle<R>, SpawnError>
+    where
+        F: FnOnce(&mut Ctx<'_>) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.core.shared.spawn(opts, Some(&self.core), crate::machine::plain(f))
+    }
+
+    /// Spawns a thread whose body returns a [`Flow`] (so it may block with a
+    /// continuation or migrate).
+    pub fn spawn_flow<F, R>(&self, opts: Spawn, f: F) -> Result<JoinHandle<R>, SpawnError>
+    where
+        F: FnOnce(&mut Ctx<'_>) -> Flow<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.core.shared.spawn(opts, Some(&self.core), Box::new(f))
+    }
+
+    /// Waits for another thread to finish and returns its result.
+    pub fn join<R: Send + 'static>(&mut self, h: JoinHandle<R>) -> Result<R, JoinError> {
+        let state: Arc<JoinState<R>> = h.state.clone();
+        let ident = state.ident();
+        let _ = self.tsleep_until(ident, None, || state.is_done());
+        h.take()
+    }
+
+    // ---- tokens -----------------------------------------------------------------
+
+    fn acquire(
+        &mut self,
+        tok: TokenRef,
+        exclusive: bool,
+        try_only: bool,
+    ) -> Result<Held, TokenError> {
+        let r = {
+            let mut inner = self.core.inner.borrow_mut();
+            inner.threads[self.key].tokens.push(tok, exclusive, self.uid, try_only)?
+        };
+        match r {
+            Acquire::Got(h) => Ok(h),
+            Acquire::MustSwitch(h) => {
+                // Spin briefly (the holder is running on another CPU), then let the
+                // scheduler take every token for us, all or nothing.
+                for _ in 0..64 {
+                    core::hint::spin_loop();
+                    let mut inner = self.core.inner.borrow_mut();
+                    if inner.threads[self.key].tokens.acquire_all() {
+                        return Ok(h);
+                    }
+                    inner.stats.token_contention += 1;
+                }
+                loop {
+                    self.suspend(Switch::TokenWait);
+                    if self.core.inner.borrow().threads[self.key].tokens.all_acquired() {
+                        return Ok(h);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes `tok` exclusively, switching away while it is held elsewhere (all of
+    /// this thread's tokens are released meanwhile and retaken together).
+    pub fn get_token(&mut self, tok: impl Into<TokenRef>) -> Result<Held, TokenError> {
+        self.acquire(tok.into(), true, false)
+    }
+
+    /// Takes `tok` shared.
+    pub fn get_token_shared(&mut self, tok: impl Into<TokenRef>) -> Result<Held, TokenError> {
+        self.acquire(tok.into(), false, false)
+    }
+
+    /// Takes `tok` exclusively if that is possible without waiting.
+    pub fn try_token(&mut self, tok: impl Into<TokenRef>) -> Result<Held, TokenError> {
+        self.acquire(tok.into(), true, true)
+    }
+
+    /// Releases a hold; it must be the most recent one still held (LIFO).
+    pub fn release(&mut self, held: Held) -> Result<(), TokenError> {
+        let mut inner = self.core.inner.borrow_mut();
+        inner.threads[self.key].tokens.pop(held, self.uid).map_err(|(_, e)| e)
+    }
+
+    /// Number of token holds on this thread's stack.
+    pub fn tokens_held(&self) -> usize {
+        self.core.inner.borrow().threads[self.key].tokens.len()
+    }
+
+    /// `Ok(exclusive)` if `held` is one of this thread's live holds.
+    pub(crate) fn check_held(&self, held: &Held) -> Result<bool, TokenError> {
+        let inner = self.core.inner.borrow();
+        let toks = &inner.threads[self.key].tokens;
+        toks.check(held, self.uid)?;
+        Ok(toks.holds_exclusive(held.addr()))
+    }
+
+    // ---- continuations ----------------------------------------------------------
+
+    /// Blocks on `ident` (until a wakeup or `timeout`) *giving up this stack*: the
+    /// stack goes back to the pool and `then` runs on a fresh one when the thread is
+    /// woken (Mach's continuations). Return the result from the thread body:
+    /// `return cx.block_with_continuation(ident, None, |cx| ...)`. To avoid a lost
+    /// wakeup, call [`tsleep_interlock`](Self::tsleep_interlock) before checking
+    /// the wait condition.
+    pub fn block_with_continuation<R, F>(
+        &mut self,
+        ident: usize,
+        timeout: Option<Duration>,
+        then: F,
+    ) -> Flow<R>
+    where
+        F: FnOnce(&mut Ctx<'_>) -> Flow<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        Flow::block(ident, timeout, Box::new(then))
+    }
+
+    /// Moves this thread to `cpu`: the stack is given up here and `then` runs on a
+    /// fresh stack there. Fails (handing `then` back) if tokens are held or the CPU
+    /// does not exist.
+    pub fn migrate<R, F>(&mut self, cpu: CpuId, then: F) -> Result<Flow<R>, F>
+    where
+        F: FnOnce(&mut Ctx<'_>) -> Flow<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        if self.tokens_held() > 0 || cpu.index() >= self.core.shared.ncpus {
+            return Err(then);
+        }
+        Ok(Flow::migrate(cpu, Box::new(then)))
+    }
+}
+
+/// Payload of a panic, for [`JoinError::Panicked`].
+pub type PanicPayload = Box<dyn Any + Send>;

@@ -1,0 +1,585 @@
+//! Serializing tokens, and [`TokenCell`], the data they protect.
+//!
+//! # Semantics (DragonFly's, since 2004)
+//! A token serializes only while its holder *runs*. When a thread blocks (any call
+//! that takes `&mut Ctx` and may switch away), every token it holds is released; the
+//! scheduler re-acquires all of them, all or nothing, before the thread runs again.
+//! So no set of tokens can deadlock, and data protected by a token may have changed
+//! across any blocking call.
+//!
+//! # State
+//! `Token::state`: bit 63 = held exclusively; bits 0..63 = number of shared holds.
+//! Only the holding thread clears what it set. A thread's holds live on its
+//! [`TokenStack`] (at most [`MAX_TOKENS`], released in LIFO order); an entry either
+//! *owns* an atomic hold or is a recursive reference to an exclusive hold below it.
+//! Entries are acquired by the scheduler just before the thread is resumed and
+//! released just after it switches out; the stack itself is touched only by the
+//! thread's own CPU.
+//!
+//! # The borrow rule (why safe code cannot keep `&mut` across a block)
+//! Protected data lives in a [`TokenCell`] and is reached only through
+//! [`TokenCell::borrow`] / [`TokenCell::borrow_mut`], which take a [`Held`] proof
+//! *and a shared borrow of the thread's [`Ctx`]*. Every call that can block takes
+//! `&mut Ctx`, so while any guard into protected data is alive the borrow checker
+//! refuses every blocking call, and the token cannot be released under the guard.
+//! Releasing a token early ([`Ctx::release`]) consumes the `Held`, which ends every
+//! guard made from it. Within one thread, exclusive access is checked like a
+//! `RefCell` (one `&mut` or many `&`), so recursive holds cannot alias.
+//!
+//! Must never happen: a thread running without every token on its stack; an
+//! exclusive holder coexisting with any other holder; a guard alive across a switch.
+#![allow(unsafe_code)]
+
+use core::cell::UnsafeCell;
+use core::fmt;
+use core::marker::PhantomData;
+use core::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use dfly_core::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use dfly_core::CachePadded;
+
+use crate::Ctx;
+
+/// Most tokens one thread may hold at once (DragonFly's `LWKT_MAXTOKENS`).
+pub const MAX_TOKENS: usize = 32;
+
+const EXCL: u64 = 1 << 63;
+
+/// A serializing token: a lock that is held only while its holder runs.
+///
+/// ```
+/// use dfly_lwkt::{Machine, Spawn, Token, TokenCell};
+/// static COUNT: TokenCell<u64> = TokenCell::new_static(&COUNT_TOKEN, 0);
+/// static COUNT_TOKEN: Token = Token::new("count");
+///
+/// let mut m = Machine::builder().cpus(1).build().unwrap();
+/// let h = m.spawn(Spawn::on_cpu(0), |cx| {
+///     let held = cx.get_token(&COUNT_TOKEN).unwrap();
+///     *COUNT.borrow_mut(&held, cx).unwrap() += 1;
+///     cx.release(held).unwrap();
+/// }).unwrap();
+/// h.join_blocking().unwrap();
+/// m.stop().unwrap();
+/// ```
+pub struct Token {
+    state: AtomicU64,
+    name: &'static str,
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.state.load(Ordering::Relaxed);
+        f.debug_struct("Token")
+            .field("name", &self.name)
+            .field("exclusive", &(s & EXCL != 0))
+            .field("shared", &(s & !EXCL))
+            .finish()
+    }
+}
+
+impl Token {
+    /// A free token; `name` appears in diagnostics.
+    pub const fn new(name: &'static str) -> Token {
+        Token { state: AtomicU64::new(0), name }
+    }
+
+    /// The token's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// True if some thread holds it exclusively (a racy snapshot, for diagnostics).
+    pub fn is_held_exclusive(&self) -> bool {
+        self.state.load(Ordering::Relaxed) & EXCL != 0
+    }
+
+    /// Number of shared holds (a racy snapshot, for diagnostics).
+    pub fn shared_count(&self) -> u64 {
+        self.state.load(Ordering::Relaxed) & !EXCL
+    }
+
+    fn try_exclusive(&self) -> bool {
+        self.state.compare_exchange(0, EXCL, Ordering::Acquire, Ordering::Relaxed).is_ok()
+    }
+
+    fn try_shared(&self) -> bool {
+        let mut s = self.state.load(Ordering::Relaxed);
+        loop {
+            if s & EXCL != 0 {
+                return false;
+            }
+            match self.state.compare_exchange_weak(s, s + 1, Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(v) => s = v,
+            }
+        }
+    }
+
+    fn release_exclusive(&self) {
+        self.state.store(0, Ordering::Release);
+    }
+
+    fn release_shared(&self) {
+        self.state.fetch_sub(1, Ordering::Release);
+    }
+}
+
+const POOL_TOKENS: usize = 1024;
+static POOL: [CachePadded<Token>; POOL_TOKENS] =
+    [const { CachePadded::new(Token::new("pool")) }; POOL_TOKENS];
+
+/// The pool token for an address (DragonFly's `lwkt_token_pool_lookup`): objects
+/// without a token of their own share one of 1024 cache-aligned tokens chosen by a
+/// hash of their address. Take pool tokens exclusively only: two objects may hash
+/// to the same token, and a shared hold followed by an exclusive request for a
+/// colliding object would wait on itself.
+pub fn pool_token<T: ?Sized>(object: &T) -> &'static Token {
+    let addr = object as *const T as *const u8 as usize;
+    let h = (addr >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    &POOL[(h >> 54) % POOL_TOKENS]
+}
+
+/// A reference to a token that a thread can keep on its token stack across blocking:
+/// a `&'static Token` or an `Arc<Token>`.
+#[derive(Clone)]
+pub enum TokenRef {
+    /// A token in a static.
+    Static(&'static Token),
+    /// A token shared by reference count.
+    Shared(Arc<Token>),
+}
+
+impl fmt::Debug for TokenRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
+impl TokenRef {
+    fn get(&self) -> &Token {
+        match self {
+            TokenRef::Static(t) => t,
+            TokenRef::Shared(t) => t,
+        }
+    }
+
+    fn addr(&self) -> usize {
+        self.get() as *const Token as usize
+    }
+}
+
+impl From<&'static Token> for TokenRef {
+    fn from(t: &'static Token) -> Self {
+        TokenRef::Static(t)
+    }
+}
+
+impl From<Arc<Token>> for TokenRef {
+    fn from(t: Arc<Token>) -> Self {
+        TokenRef::Shared(t)
+    }
+}
+
+impl From<&Arc<Token>> for TokenRef {
+    fn from(t: &Arc<Token>) -> Self {
+        TokenRef::Shared(t.clone())
+    }
+}
+
+/// What went wrong with a token operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    /// The thread already holds [`MAX_TOKENS`] tokens.
+    TooMany,
+    /// A release named a hold that is not the most recent one (LIFO order).
+    OutOfOrder,
+    /// An exclusive request for a token this thread holds shared (it would wait on
+    /// itself).
+    Upgrade,
+    /// The [`Held`] does not belong to this thread or was already released.
+    NotHeld,
+    /// The [`Held`] is for a different token than the cell's.
+    WrongToken,
+    /// Mutable access needs an exclusive hold.
+    NotExclusive,
+    /// The data is already borrowed in a conflicting way by this thread.
+    Borrowed,
+    /// [`Ctx::try_token`] found the token held elsewhere.
+    WouldBlock,
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TokenError::TooMany => "a thread may hold at most 32 tokens",
+            TokenError::OutOfOrder => "tokens must be released in reverse order of acquisition",
+            TokenError::Upgrade => "cannot take exclusively a token this thread holds shared",
+            TokenError::NotHeld => "this hold does not belong to the calling thread",
+            TokenError::WrongToken => "this hold is for a different token",
+            TokenError::NotExclusive => "mutable access needs the token held exclusively",
+            TokenError::Borrowed => "the protected data is already borrowed",
+            TokenError::WouldBlock => "the token is held by another thread",
+        })
+    }
+}
+
+impl std::error::Error for TokenError {}
+
+/// Proof that the current thread holds a token: returned by [`Ctx::get_token`],
+/// consumed by [`Ctx::release`]. Not `Send`: it names a slot of one thread's token
+/// stack.
+#[derive(Debug)]
+pub struct Held {
+    addr: usize,
+    index: u8,
+    seq: u64,
+    thread: u64,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Held {
+    /// Address of the token this hold is for.
+    pub(crate) fn addr(&self) -> usize {
+        self.addr
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    tok: TokenRef,
+    exclusive: bool,
+    /// Holds the atomic itself (false for a recursive reference).
+    owns: bool,
+    /// The atomic hold is currently taken (only meaningful when `owns`).
+    acquired: bool,
+    seq: u64,
+}
+
+/// How a thread's request for a token went.
+#[derive(Debug)]
+pub(crate) enum Acquire {
+    /// Held now.
+    Got(Held),
+    /// Pushed but not acquired: the thread must switch out and let the scheduler
+    /// take it (with all the others) before resuming.
+    MustSwitch(Held),
+}
+
+/// A thread's stack of token holds. Owned by the thread record on its CPU.
+#[derive(Debug, Default)]
+pub(crate) struct TokenStack {
+    entries: Vec<Entry>,
+    next_seq: u64,
+}
+
+impl TokenStack {
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn find(&self, addr: usize) -> (bool, bool) {
+        let mut excl = false;
+        let mut shared = false;
+        for e in &self.entries {
+            if e.tok.addr() == addr {
+                if e.exclusive {
+                    excl = true;
+                } else {
+                    shared = true;
+                }
+            }
+        }
+        (excl, shared)
+    }
+
+    /// True if this thread holds the token at `addr` exclusively (directly or by a
+    /// recursive hold).
+    pub(crate) fn holds_exclusive(&self, addr: usize) -> bool {
+        self.find(addr).0
+    }
+
+    /// Pushes a hold of `tok`; `try_only` fails instead of asking for a switch.
+    pub(crate) fn push(
+        &mut self,
+        tok: TokenRef,
+        exclusive: bool,
+        thread: u64,
+        try_only: bool,
+    ) -> Result<Acquire, TokenError> {
+        if self.entries.len() >= MAX_TOKENS {
+            return Err(TokenError::TooMany);
+        }
+        let addr = tok.addr();
+        let (have_excl, have_shared) = self.find(addr);
+        let (owns, got) = if have_excl {
+            // Recursion under an exclusive hold (also a shared request under it).
+            (false, true)
+        } else if exclusive {
+            if have_shared {
+                return Err(TokenError::Upgrade);
+            }
+            (true, tok.get().try_exclusive())
+        } else {
+            (true, tok.get().try_shared())
+        };
+        if !got && try_only {
+            return Err(TokenError::WouldBlock);
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let index = self.entries.len() as u8;
+        self.entries.push(Entry {
+            tok,
+            exclusive: exclusive || have_excl,
+            owns,
+            acquired: got,
+            seq,
+        });
+        let held = Held { addr, index, seq, thread, _not_send: PhantomData };
+        Ok(if got { Acquire::Got(held) } else { Acquire::MustSwitch(held) })
+    }
+
+    /// Checks that `held` names a live entry of this stack (of thread `thread`).
+    pub(crate) fn check(&self, held: &Held, thread: u64) -> Result<(), TokenError> {
+        if held.thread != thread {
+            return Err(TokenError::NotHeld);
+        }
+        match self.entries.get(held.index as usize) {
+            Some(e) if e.seq == held.seq => Ok(()),
+            _ => Err(TokenError::NotHeld),
+        }
+    }
+
+    /// Pops `held`, which must be the top entry, releasing its atomic hold.
+    pub(crate) fn pop(&mut self, held: Held, thread: u64) -> Result<(), (Held, TokenError)> {
+        if let Err(e) = self.check(&held, thread) {
+            return Err((held, e));
+        }
+        if held.index as usize + 1 != self.entries.len() {
+            return Err((held, TokenError::OutOfOrder));
+        }
+        let Some(e) = self.entries.pop() else { return Err((held, TokenError::NotHeld)) };
+        if e.owns && e.acquired {
+            if e.exclusive {
+                e.tok.get().release_exclusive();
+            } else {
+                e.tok.get().release_shared();
+            }
+        }
+        Ok(())
+    }
+
+    /// Releases every atomic hold (the thread is switching out); the entries stay.
+    pub(crate) fn release_all(&mut self) {
+        for e in self.entries.iter_mut().rev() {
+            if e.owns && e.acquired {
+                if e.exclusive {
+                    e.tok.get().release_exclusive();
+                } else {
+                    e.tok.get().release_shared();
+                }
+                e.acquired = false;
+            }
+        }
+    }
+
+    /// Takes every atomic hold, all or nothing. Returns false (holding none of
+    /// them) if some token is held elsewhere.
+    pub(crate) fn acquire_all(&mut self) -> bool {
+        for i in 0..self.entries.len() {
+            let e = &mut self.entries[i];
+            if !e.owns || e.acquired {
+                continue;
+            }
+            let ok =
+                if e.exclusive { e.tok.get().try_exclusive() } else { e.tok.get().try_shared() };
+            if ok {
+                e.acquired = true;
+            } else {
+                self.release_all();
+                return false;
+            }
+        }
+        true
+    }
+
+    /// True if every entry is acquired (the thread may run).
+    pub(crate) fn all_acquired(&self) -> bool {
+        self.entries.iter().all(|e| !e.owns || e.acquired)
+    }
+}
+
+impl Drop for TokenStack {
+    fn drop(&mut self) {
+        // A thread that ends (or is torn down at shutdown) gives back what it holds.
+        self.release_all();
+    }
+}
+
+/// Data protected by a token: reachable only while the current thread holds that
+/// token, and only through guards that cannot outlive a blocking call (see the
+/// module docs for the rule).
+pub struct TokenCell<T: ?Sized> {
+    token: TokenRef,
+    /// Borrow state for exclusive holders: 0 free, n > 0 shared borrows, -1 mutably
+    /// borrowed. Touched only by the thread holding the token exclusively.
+    borrow: AtomicI64,
+    value: UnsafeCell<T>,
+}
+
+// SAFETY: the value is accessed only by threads holding `token`: mutably only by the
+// single exclusive holder (and then at most one `&mut` at a time, checked by
+// `borrow`), shared by any number of shared holders when no exclusive holder exists.
+// Token acquisition is Acquire and release is Release, so accesses by successive
+// holders are ordered. Shared access from several threads needs `T: Sync`; handing
+// the value between threads needs `T: Send`.
+unsafe impl<T: ?Sized + Send + Sync> Sync for TokenCell<T> {}
+// SAFETY: moving the cell moves the value; `T: Send` suffices.
+unsafe impl<T: ?Sized + Send> Send for TokenCell<T> {}
+
+impl<T: ?Sized> fmt::Debug for TokenCell<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenCell").field("token", &self.token).finish_non_exhaustive()
+    }
+}
+
+impl<T> TokenCell<T> {
+    /// A cell protected by `token` (several cells may share one token).
+    pub fn new(token: impl Into<TokenRef>, value: T) -> Self {
+        TokenCell { token: token.into(), borrow: AtomicI64::new(0), value: UnsafeCell::new(value) }
+    }
+
+    /// A cell protected by a token in a static, usable in a `static` itself.
+    pub const fn new_static(token: &'static Token, value: T) -> Self {
+        TokenCell {
+            token: TokenRef::Static(token),
+            borrow: AtomicI64::new(0),
+            value: UnsafeCell::new(value),
+        }
+    }
+
+    /// Consumes the cell, returning the value (no token needed: we own it).
+    pub fn into_inner(self) -> T {
+        self.value.into_inner()
+    }
+}
+
+impl<T: ?Sized> TokenCell<T> {
+    /// The protecting token, for [`Ctx::get_token`].
+    pub fn token(&self) -> TokenRef {
+        self.token.clone()
+    }
+
+    /// Mutable access without a token: we hold the only reference.
+    pub fn get_mut(&mut self) -> &mut T {
+        self.value.get_mut()
+    }
+
+    fn verify(&self, held: &Held, cx: &Ctx<'_>) -> Result<bool, TokenError> {
+        if held.addr != self.token.addr() {
+            return Err(TokenError::WrongToken);
+        }
+        cx.check_held(held)
+    }
+
+    /// Shared access while holding the token (shared or exclusive). The guard borrows
+    /// `cx`, so the thread cannot block while it is alive.
+    pub fn borrow<'a>(
+        &'a self,
+        held: &'a Held,
+        cx: &'a Ctx<'_>,
+    ) -> Result<TokenGuard<'a, T>, TokenError> {
+        let exclusive = self.verify(held, cx)?;
+        if exclusive {
+            let b = self.borrow.load(Ordering::Relaxed);
+            if b < 0 {
+                return Err(TokenError::Borrowed);
+            }
+            self.borrow.store(b + 1, Ordering::Relaxed);
+        }
+        Ok(TokenGuard { cell: self, counted: exclusive })
+    }
+
+    /// Exclusive access while holding the token exclusively. The guard borrows `cx`,
+    /// so the thread cannot block while it is alive.
+    pub fn borrow_mut<'a>(
+        &'a self,
+        held: &'a Held,
+        cx: &'a Ctx<'_>,
+    ) -> Result<TokenGuardMut<'a, T>, TokenError> {
+        if !self.verify(held, cx)? {
+            return Err(TokenError::NotExclusive);
+        }
+        if self.borrow.load(Ordering::Relaxed) != 0 {
+            return Err(TokenError::Borrowed);
+        }
+        self.borrow.store(-1, Ordering::Relaxed);
+        Ok(TokenGuardMut { cell: self })
+    }
+}
+
+/// Shared access to a [`TokenCell`]'s value.
+pub struct TokenGuard<'a, T: ?Sized> {
+    cell: &'a TokenCell<T>,
+    counted: bool,
+}
+
+impl<T: ?Sized> Deref for TokenGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard exists only while this thread holds the token (it
+        // borrows the thread's Ctx, so no switch can release it), and no `&mut`
+        // exists: an exclusive holder counted this borrow, and under a shared hold
+        // no exclusive holder exists anywhere.
+        unsafe { &*self.cell.value.get() }
+    }
+}
+
+impl<T: ?Sized> Drop for TokenGuard<'_, T> {
+    fn drop(&mut self) {
+        if self.counted {
+            self.cell.borrow.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<T: ?Sized + fmt::Debug> fmt::Debug for TokenGuard<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+/// Mutable access to a [`TokenCell`]'s value.
+pub struct TokenGuardMut<'a, T: ?Sized> {
+    cell: &'a TokenCell<T>,
+}
+
+impl<T: ?Sized> Deref for TokenGuardMut<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: as for `deref_mut`; a shared view of the unique borrow.
+        unsafe { &*self.cell.value.get() }
+    }
+}
+
+impl<T: ?Sized> DerefMut for TokenGuardMut<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: this thread holds the token exclusively for the guard's whole life
+        // (the guard borrows its Ctx, so it cannot switch out), and the borrow state
+        // is -1, so no other guard of this cell exists.
+        unsafe { &mut *self.cell.value.get() }
+    }
+}
+
+impl<T: ?Sized> Drop for TokenGuardMut<'_, T> {
+    fn drop(&mut self) {
+        self.cell.borrow.store(0, Ordering::Relaxed);
+    }
+}
+
+impl<T: ?Sized + fmt::Debug> fmt::Debug for TokenGuardMut<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (**self).fmt(f)
+    }
+}
