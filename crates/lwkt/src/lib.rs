@@ -59,7 +59,8 @@ pub use sched::{Ctx, PanicPayload, SchedStats, ScheduleError, ThreadId, TimedOut
 pub use serializer::{Serializer, SerializerGuard};
 pub use sim::{SimError, SimReport, Simulation, DEFAULT_STEP_LIMIT};
 pub use token::{
-    pool_token, Held, Token, TokenCell, TokenError, TokenGuard, TokenGuardMut, TokenRef, MAX_TOKENS,
+    pool_token, Held, ReleaseError, Token, TokenCell, TokenError, TokenGuard, TokenGuardMut,
+    TokenRef, MAX_TOKENS,
 };
 
 /// What a continuation-style thread body returns: its result, or "block (or move),

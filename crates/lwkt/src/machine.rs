@@ -770,10 +770,8 @@ fn cpu_main(
                         .map(|d| d.saturating_since(now).min(IDLE_PARK_MAX))
                         .unwrap_or(IDLE_PARK_MAX)
                 };
+                core.note_park();
                 if let Some(ipi) = core.ipi.as_ref() {
-                    if core.inner.borrow().stats.parks < u64::MAX {
-                        core.inner.borrow_mut().stats.parks += 1;
-                    }
                     ipi.park(Some(timeout));
                 }
                 backoff.reset();

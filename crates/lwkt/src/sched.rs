@@ -47,7 +47,7 @@ use slab::Slab;
 
 use crate::machine::{JoinError, JoinHandle, JoinState, Request, Shared, Spawn, SpawnError};
 use crate::runq::RunQueue;
-use crate::token::{Acquire, Held, TokenError, TokenRef, TokenStack};
+use crate::token::{Acquire, Held, ReleaseError, TokenError, TokenRef, TokenStack};
 use crate::{Flow, Priority};
 
 /// A thread's identity: its CPU, its slot there, and a unique number (so an id of a
@@ -302,6 +302,13 @@ impl CpuCore {
     /// The earliest timer deadline, if any.
     pub(crate) fn next_deadline(&self) -> Option<Timestamp> {
         self.inner.borrow().timers.peek().map(|Reverse(t)| Timestamp::from_nanos(t.0))
+    }
+
+    /// Counts a park of this idle CPU.
+    pub(crate) fn note_park(&self) {
+        let mut inner = self.inner.borrow_mut();
+        inner.stats.parks += 1;
+        self.publish_stats(&inner);
     }
 
     /// Number of live threads.
@@ -1037,9 +1044,12 @@ impl<'y> Ctx<'y> {
     }
 
     /// Releases a hold; it must be the most recent one still held (LIFO).
-    pub fn release(&mut self, held: Held) -> Result<(), TokenError> {
+    pub fn release(&mut self, held: Held) -> Result<(), ReleaseError> {
         let mut inner = self.core.inner.borrow_mut();
-        inner.threads[self.key].tokens.pop(held, self.uid).map_err(|(_, e)| e)
+        inner.threads[self.key]
+            .tokens
+            .pop(held, self.uid)
+            .map_err(|(held, error)| ReleaseError { held, error })
     }
 
     /// Number of token holds on this thread's stack.

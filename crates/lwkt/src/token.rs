@@ -226,6 +226,23 @@ impl fmt::Display for TokenError {
 
 impl std::error::Error for TokenError {}
 
+/// A failed [`Ctx::release`]: the hold comes back so it can be released properly.
+#[derive(Debug)]
+pub struct ReleaseError {
+    /// The hold that was not released.
+    pub held: Held,
+    /// Why.
+    pub error: TokenError,
+}
+
+impl fmt::Display for ReleaseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot release the token: {}", self.error)
+    }
+}
+
+impl std::error::Error for ReleaseError {}
+
 /// Proof that the current thread holds a token: returned by [`Ctx::get_token`],
 /// consumed by [`Ctx::release`]. Not `Send`: it names a slot of one thread's token
 /// stack.
