@@ -441,7 +441,7 @@ fn token_cells_enforce_holds_modes_and_borrows() {
             assert_eq!(cx.tokens_held(), 1);
             // Dropping a Held does not release: the thread ends holding it, and the
             // exit releases it.
-            drop(held);
+            let _still_held = held;
             // A shared hold cannot mutate; an upgrade is refused.
             let other = Box::leak(Box::new(Token::new("other")));
             let sh = cx.get_token_shared(&*other).unwrap();
