@@ -111,7 +111,7 @@ const fn absolute(
 }
 
 /// Every goal table, in report order. Add a suite's table here.
-pub const TABLES: &[&[Goal]] = &[IPI];
+pub const TABLES: &[&[Goal]] = &[IPI, LWKT];
 
 /// dfly-ipi's goals (core-ipi.md, "Benchmarks and goals"), named as the ipi bench emits.
 pub const IPI: &[Goal] = &[
@@ -210,6 +210,50 @@ pub const IPI: &[Goal] = &[
         3.0,
         "crossbeam-channel 0.5.17 inbox",
     ),
+];
+
+/// dfly-lwkt's goals (lwkt.md, "Benchmarks and goals"; the idle line is the issue's
+/// "an idle machine uses no CPU", read as at most 1% of one core).
+pub const LWKT: &[Goal] = &[
+    ratio(
+        "local switch vs corosensei",
+        "lwkt",
+        "switch/local",
+        "ns_per_switch",
+        AtMost,
+        2.0,
+        "corosensei 0.3.4",
+    ),
+    ratio(
+        "cross-CPU wake-to-run p50 vs futex",
+        "lwkt",
+        "wake/cross_cpu",
+        "p50_ns",
+        AtMost,
+        1.2,
+        "futex(2) raw",
+    ),
+    // ">= 2x faster" is a time ratio of at most 0.5.
+    ratio(
+        "spawn+run vs tokio chained_spawn",
+        "lwkt",
+        "spawn/chained",
+        "ns_per_spawn",
+        AtMost,
+        0.5,
+        "tokio 1.54.1 current_thread",
+    ),
+    ratio(
+        "continuation blocking memory",
+        "lwkt",
+        "blocked/*",
+        "resident_bytes_per_thread",
+        AtMost,
+        1.0 / 6.0,
+        "dfly stackful tsleep",
+    ),
+    absolute("uncontended token", "lwkt", "token/uncontended", "ns_per_pair", AtMost, 10.0),
+    absolute("idle machine CPU", "lwkt", "idle/2cpu", "cpu_ms_per_s", AtMost, 10.0),
 ];
 
 impl Goal {

@@ -754,14 +754,16 @@ fn cpu_main(
             ipi.poll();
         }
         core.drain_requests();
-        let now = shared.now();
-        core.fire_timers(now);
+        if core.has_timers() {
+            core.fire_timers(shared.now());
+        }
         if shared.stop.load(Ordering::Acquire) {
             break;
         }
         match core.run_one() {
             Ran::Nothing | Ran::TokenBlocked if !backoff.is_completed() => backoff.spin(),
             Ran::Nothing | Ran::TokenBlocked => {
+                let now = shared.now();
                 let token_wait = core.live_threads() > 0 && core.has_work(now);
                 let timeout = if token_wait {
                     TOKEN_PARK

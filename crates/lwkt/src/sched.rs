@@ -235,8 +235,12 @@ pub(crate) struct Inner {
     stacks: Vec<DefaultStack>,
     next_uid: u64,
     pub(crate) stats: SchedStats,
+    unpublished: u32,
     current: Option<usize>,
 }
+
+/// Events between two publications of a CPU's counters.
+const PUBLISH_EVERY: u32 = 256;
 
 /// One CPU's scheduler state (see the module docs).
 pub(crate) struct CpuCore {
@@ -277,6 +281,7 @@ impl CpuCore {
                 stacks: Vec::new(),
                 next_uid: 1,
                 stats: SchedStats::default(),
+                unpublished: 0,
                 current: None,
             }),
         })
@@ -286,8 +291,26 @@ impl CpuCore {
         self.shared.now()
     }
 
-    fn publish_stats(&self, inner: &Inner) {
+    /// Copies the counters where other threads can read them.
+    pub(crate) fn publish_stats(&self, inner: &Inner) {
         self.shared.publish_stats(self.id, inner.stats);
+    }
+
+    /// Publishes every [`PUBLISH_EVERY`] events (and always when idle), so the hot
+    /// paths do not take the stats lock.
+    fn maybe_publish(&self, inner: &mut Inner) {
+        inner.unpublished += 1;
+        if inner.unpublished >= PUBLISH_EVERY {
+            inner.unpublished = 0;
+            self.publish_stats(inner);
+        }
+    }
+
+    /// Publishes now.
+    pub(crate) fn publish_now(&self) {
+        let mut inner = self.inner.borrow_mut();
+        inner.unpublished = 0;
+        self.publish_stats(&inner);
     }
 
     /// True if this CPU has anything to do now (runnable threads, requests, due
@@ -297,6 +320,11 @@ impl CpuCore {
         inner.runq.len() > 0
             || !self.shared.inbox(self.id).is_empty()
             || inner.timers.peek().is_some_and(|Reverse(t)| t.0 <= now.as_nanos())
+    }
+
+    /// True if any timer is pending.
+    pub(crate) fn has_timers(&self) -> bool {
+        !self.inner.borrow().timers.is_empty()
     }
 
     /// The earliest timer deadline, if any.
@@ -369,7 +397,7 @@ impl CpuCore {
         inner.runq.push_back(key, nt.prio);
         inner.stats.threads_created += 1;
         inner.stats.threads_live = inner.threads.len() as u64;
-        self.publish_stats(&inner);
+        self.maybe_publish(&mut inner);
     }
 
     /// Makes a descheduled or sleeping thread runnable (`remote`: asked by another
@@ -456,7 +484,7 @@ impl CpuCore {
                 break;
             }
         }
-        self.publish_stats(&inner);
+        self.maybe_publish(&mut inner);
         n
     }
 
@@ -508,17 +536,18 @@ impl CpuCore {
                 return Ran::Nothing;
             }
             let mut chosen = None;
-            let order: Vec<usize> = inner.runq.iter().map(|(k, _)| k).collect();
-            for k in order {
-                let Some(t) = inner.threads.get_mut(k) else { continue };
-                if t.tokens.acquire_all() {
-                    chosen = Some(k);
-                    break;
+            {
+                let Inner { runq, threads, stats, .. } = &mut *inner;
+                for (k, _) in runq.iter() {
+                    let Some(t) = threads.get_mut(k) else { continue };
+                    if t.tokens.acquire_all() {
+                        chosen = Some(k);
+                        break;
+                    }
+                    stats.token_contention += 1;
                 }
-                inner.stats.token_contention += 1;
             }
             let Some(key) = chosen else {
-                self.publish_stats(&inner);
                 return Ran::TokenBlocked;
             };
             let body = match inner.threads.get_mut(key) {
@@ -568,7 +597,7 @@ impl CpuCore {
                 self.file_step(&mut inner, key, uid, step)
             }
         };
-        self.publish_stats(&inner);
+        self.maybe_publish(&mut inner);
         ran
     }
 

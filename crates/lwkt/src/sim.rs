@@ -177,6 +177,9 @@ impl Simulation {
                         continue;
                     }
                     None => {
+                        for c in &self.cores {
+                            c.publish_now();
+                        }
                         let live = self.cores.iter().map(|c| c.live_threads()).sum();
                         return Ok(SimReport {
                             steps: self.steps - start,

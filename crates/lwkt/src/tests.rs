@@ -237,7 +237,14 @@ fn no_lost_wakeups_across_cpus() {
     consumer.join_blocking().unwrap();
     assert_eq!(timeouts.load(Ordering::Relaxed), 0);
     assert_eq!(acked.load(Ordering::SeqCst), N);
-    let st = m.stats();
+    // Counters are published when a CPU goes idle (or every 256 events).
+    let t0 = Instant::now();
+    let mut st = m.stats();
+    while st[1].remote_wakeups + st[2].remote_wakeups == 0 && t0.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(5));
+        st = m.stats();
+    }
     assert!(st[1].remote_wakeups + st[2].remote_wakeups > 0, "{st:?}");
     m.stop().unwrap();
 }
