@@ -23,7 +23,7 @@ use std::thread::JoinHandle as OsJoinHandle;
 
 use crossbeam_queue::SegQueue;
 use dfly_core::clock::{Clock, RealClock, Timestamp, VirtualClock};
-use dfly_core::sync::atomic::{fence, AtomicBool, Ordering};
+use dfly_core::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
 use dfly_core::{AtomicCpuMask, CpuId, CpuMask, CpuOutOfRange, PerCpu};
 use dfly_ipi::{Cpu as IpiCpu, Crossbar};
 
@@ -367,6 +367,9 @@ pub(crate) struct JoinState<R> {
     result: Mutex<Option<Result<R, JoinError>>>,
     done: AtomicBool,
     taken: AtomicBool,
+    /// Foreign threads inside `join_blocking` (counted under `result`'s lock), so
+    /// a completion pays for a condvar wake only when someone waits on it.
+    blocking_waiters: AtomicU32,
     cv: Condvar,
 }
 
@@ -376,6 +379,7 @@ impl<R: Send + 'static> JoinState<R> {
             result: Mutex::new(None),
             done: AtomicBool::new(false),
             taken: AtomicBool::new(false),
+            blocking_waiters: AtomicU32::new(0),
             cv: Condvar::new(),
         }
     }
@@ -393,9 +397,13 @@ impl<R: Send + 'static> JoinState<R> {
             if g.is_none() && !self.done.load(Ordering::Relaxed) {
                 *g = Some(r);
             }
+            self.done.store(true, Ordering::SeqCst);
         }
-        self.done.store(true, Ordering::SeqCst);
-        self.cv.notify_all();
+        // A waiter registers and checks `done` under the lock, so either it saw
+        // `done` or its registration is visible here.
+        if self.blocking_waiters.load(Ordering::SeqCst) > 0 {
+            self.cv.notify_all();
+        }
     }
 
     /// Delivers the result (called on the thread's CPU, inside the thread).
@@ -462,9 +470,11 @@ impl<R: Send + 'static> JoinHandle<R> {
             return Err(JoinError::OnCpuThread);
         }
         let mut g = self.state.result.lock().map_err(|_| JoinError::Taken)?;
+        self.state.blocking_waiters.fetch_add(1, Ordering::SeqCst);
         while !self.state.is_done() {
             g = self.state.cv.wait(g).map_err(|_| JoinError::Taken)?;
         }
+        self.state.blocking_waiters.fetch_sub(1, Ordering::SeqCst);
         self.state.taken.store(true, Ordering::Release);
         g.take().unwrap_or(Err(JoinError::Taken))
     }
@@ -724,6 +734,8 @@ impl Drop for Machine {
 /// Longest park of an idle CPU before it rechecks (timers are exact anyway: the
 /// park is bounded by the next deadline).
 const IDLE_PARK_MAX: Duration = Duration::from_millis(100);
+/// Turns of a busy CPU's loop between polls of its IPI queue.
+const IPI_POLL_EVERY: u32 = 64;
 /// Park length while every runnable thread waits for a token held on another CPU.
 const TOKEN_PARK: Duration = Duration::from_micros(50);
 
@@ -749,9 +761,16 @@ fn cpu_main(
     set_current_core(Some(core.clone()));
     ready.wait();
     let mut backoff = dfly_core::Backoff::new();
+    let mut spins = 0u32;
     loop {
-        if let Some(ipi) = core.ipi.as_ref() {
-            ipi.poll();
+        // The crossbar only carries wake-up nudges for this CPU (the work itself is
+        // in the request queue, checked every turn), so a busy CPU drains it every
+        // IPI_POLL_EVERY turns and an idle one before it parks.
+        spins = spins.wrapping_add(1);
+        if spins % IPI_POLL_EVERY == 0 {
+            if let Some(ipi) = core.ipi.as_ref() {
+                ipi.poll();
+            }
         }
         core.drain_requests();
         if core.has_timers() {
@@ -761,7 +780,12 @@ fn cpu_main(
             break;
         }
         match core.run_one() {
-            Ran::Nothing | Ran::TokenBlocked if !backoff.is_completed() => backoff.spin(),
+            Ran::Nothing | Ran::TokenBlocked if !backoff.is_completed() => {
+                if let Some(ipi) = core.ipi.as_ref() {
+                    ipi.poll();
+                }
+                backoff.spin()
+            }
             Ran::Nothing | Ran::TokenBlocked => {
                 let now = shared.now();
                 let token_wait = core.live_threads() > 0 && core.has_work(now);

@@ -61,16 +61,38 @@ impl<K: Copy + PartialEq> RunQueue<K> {
 
     /// Moves `k` (which must be queued at `p`) to the tail of its level.
     pub(crate) fn rotate_to_tail(&mut self, k: K, p: Priority) {
-        if self.remove(k, p) {
+        let q = &mut self.levels[p.get() as usize];
+        if q.front() == Some(&k) {
+            // The common case: the running thread is at the head of its level.
+            q.rotate_left(1);
+        } else if self.remove(k, p) {
             self.push_back(k, p);
         }
     }
 
     /// Threads in run order: highest level first, FIFO within a level.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (K, Priority)> + '_ {
-        (0..32u32).rev().filter(move |l| self.mask & (1 << l) != 0).flat_map(move |l| {
+        // Walk the set bits of the mask from the top, not all 32 levels.
+        let mut mask = self.mask;
+        core::iter::from_fn(move || {
+            if mask == 0 {
+                return None;
+            }
+            let l = 31 - mask.leading_zeros();
+            mask &= !(1 << l);
+            Some(l)
+        })
+        .flat_map(move |l| {
             let p = Priority::new(l).unwrap_or(Priority::IDLE);
             self.levels[l as usize].iter().map(move |&k| (k, p))
         })
+    }
+
+    /// The first thread in run order.
+    pub(crate) fn head(&self) -> Option<K> {
+        if self.mask == 0 {
+            return None;
+        }
+        self.levels[(31 - self.mask.leading_zeros()) as usize].front().copied()
     }
 }

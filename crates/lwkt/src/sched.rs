@@ -536,7 +536,13 @@ impl CpuCore {
                 return Ran::Nothing;
             }
             let mut chosen = None;
-            {
+            // Fast path: the head thread, with no tokens to take.
+            if let Some(k) = inner.runq.head() {
+                if inner.threads.get(k).is_some_and(|t| t.tokens.len() == 0) {
+                    chosen = Some(k);
+                }
+            }
+            if chosen.is_none() {
                 let Inner { runq, threads, stats, .. } = &mut *inner;
                 for (k, _) in runq.iter() {
                     let Some(t) = threads.get_mut(k) else { continue };
@@ -846,8 +852,9 @@ impl<'y> Ctx<'y> {
             let mut inner = self.core.inner.borrow_mut();
             let p = inner.threads[self.key].prio;
             let others = inner.runq.other_at_or_above(self.key, p);
+            // IPIs to a CPU are only nudges to look at its request queue, so the
+            // queue is what counts here.
             let pending = !self.core.shared.inbox(self.core.id).is_empty()
-                || self.core.ipi.as_ref().is_some_and(|c| c.has_pending())
                 || inner.timers.peek().is_some_and(|Reverse(t)| t.0 <= self.core.now().as_nanos());
             if others || pending {
                 inner.runq.rotate_to_tail(self.key, p);
