@@ -17,8 +17,8 @@
 
 use core::fmt;
 use core::time::Duration;
+use dfly_core::sync::{Arc, Condvar, Mutex};
 use std::any::Any;
-use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle as OsJoinHandle;
 
 use crossbeam_queue::SegQueue;

@@ -28,7 +28,7 @@ impl Priority {
     pub const IDLE: Priority = Priority(0);
     /// Background work that should only soak up idle time (1).
     pub const IDLE_WORK: Priority = Priority(1);
-    /// User-level normal threads (6): the default for [`crate::Machine::spawn`].
+    /// User-level normal threads (6): the default for [`crate::MachineHandle::spawn`].
     pub const USER: Priority = Priority(6);
     /// User real-time threads (8).
     pub const USER_REALTIME: Priority = Priority(8);

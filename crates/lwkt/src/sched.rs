@@ -30,12 +30,12 @@ use core::cell::RefCell;
 use core::fmt;
 use core::marker::PhantomData;
 use core::time::Duration;
+use dfly_core::sync::Arc;
 use std::any::Any;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::rc::Rc;
-use std::sync::Arc;
 
 use corosensei::stack::DefaultStack;
 use corosensei::{Coroutine, CoroutineResult, Yielder};
@@ -1001,7 +1001,7 @@ impl<'y> Ctx<'y> {
         }
     }
 
-    /// Spawns a thread (see [`crate::Machine::spawn`]).
+    /// Spawns a thread (see [`crate::MachineHandle::spawn`]).
     pub fn spawn<F, R>(&self, opts: Spawn, f: F) -> Result<JoinHandle<R>, SpawnError>
     where
         F: FnOnce(&mut Ctx<'_>) -> R + Send + 'static,

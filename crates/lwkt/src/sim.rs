@@ -11,9 +11,9 @@
 use core::fmt;
 use core::hash::Hasher;
 use core::time::Duration;
+use dfly_core::sync::Arc;
 use std::collections::hash_map::DefaultHasher;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use dfly_core::CpuId;
 

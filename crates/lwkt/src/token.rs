@@ -34,7 +34,7 @@ use core::cell::UnsafeCell;
 use core::fmt;
 use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
-use std::sync::Arc;
+use dfly_core::sync::Arc;
 
 use dfly_core::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use dfly_core::CachePadded;
