@@ -45,6 +45,7 @@ pub(crate) fn bucket(ident: usize) -> usize {
 pub(crate) enum Request {
     Spawn(NewThread),
     Schedule(ThreadId),
+    Deschedule(ThreadId),
     Wakeup { ident: usize, one: bool, tried: CpuMask },
 }
 
@@ -213,6 +214,18 @@ impl Shared {
             return Err(ScheduleError::NoSuchCpu(tid.cpu));
         }
         self.push_request(tid.cpu, Request::Schedule(tid), from);
+        Ok(())
+    }
+
+    pub(crate) fn deschedule(
+        &self,
+        tid: ThreadId,
+        from: Option<&CpuCore>,
+    ) -> Result<(), ScheduleError> {
+        if tid.cpu.index() >= self.ncpus {
+            return Err(ScheduleError::NoSuchCpu(tid.cpu));
+        }
+        self.push_request(tid.cpu, Request::Deschedule(tid), from);
         Ok(())
     }
 
@@ -537,7 +550,15 @@ impl MachineHandle {
         self.shared.schedule(tid, core.as_deref())
     }
 
-    /// A snapshot of every CPU's scheduler statistics.
+    /// Takes a runnable thread off its run queue until it is scheduled again
+    /// (asynchronously; see [`Ctx::deschedule`]).
+    pub fn deschedule(&self, tid: ThreadId) -> Result<(), ScheduleError> {
+        let core = current_core();
+        self.shared.deschedule(tid, core.as_deref())
+    }
+
+    /// A snapshot of every CPU's scheduler statistics (each CPU publishes them
+    /// when it goes idle and every 256 scheduling events).
     pub fn stats(&self) -> Vec<SchedStats> {
         CpuId::all(self.shared.ncpus)
             .map(|c| self.shared.stats[c].lock().map(|g| *g).unwrap_or_default())

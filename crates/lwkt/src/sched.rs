@@ -367,6 +367,9 @@ impl CpuCore {
             Request::Schedule(tid) => {
                 let _ = self.schedule_local(tid, true);
             }
+            Request::Deschedule(tid) => {
+                let _ = self.deschedule_local(tid);
+            }
             Request::Wakeup { ident, one, tried } => {
                 let n = self.local_wakeup(ident, one, true);
                 if one && n == 0 {
@@ -409,6 +412,27 @@ impl CpuCore {
             return Err(ScheduleError::NoSuchThread(tid));
         }
         self.wake_thread(&mut inner, tid.key, Wake::Woken, remote);
+        Ok(())
+    }
+
+    /// Takes a runnable thread that is not running off the run queue until it is
+    /// scheduled again (DragonFly's `lwkt_deschedule`). A sleeping or blocked
+    /// thread is left as it is; a thread deschedules itself with [`Ctx::block`].
+    pub(crate) fn deschedule_local(&self, tid: ThreadId) -> Result<(), ScheduleError> {
+        let mut inner = self.inner.borrow_mut();
+        let ok = inner.threads.get(tid.key).is_some_and(|t| t.uid == tid.uid);
+        if !ok {
+            return Err(ScheduleError::NoSuchThread(tid));
+        }
+        if inner.current == Some(tid.key) {
+            return Ok(());
+        }
+        let t = &mut inner.threads[tid.key];
+        if t.state == State::Runnable {
+            t.state = State::Blocked;
+            let p = t.prio;
+            inner.runq.remove(tid.key, p);
+        }
         Ok(())
     }
 
@@ -846,7 +870,8 @@ impl<'y> Ctx<'y> {
 
     /// Lets other threads run: switches if another thread of this priority or
     /// higher is runnable, or requests or due timers are waiting; otherwise returns
-    /// at once (cheap enough to call in a loop).
+    /// at once (cheap enough to call in a loop). Under simulation it always
+    /// switches, so that the other simulated CPUs get their turns.
     pub fn yield_now(&mut self) {
         let must = {
             let mut inner = self.core.inner.borrow_mut();
@@ -856,7 +881,9 @@ impl<'y> Ctx<'y> {
             // queue is what counts here.
             let pending = !self.core.shared.inbox(self.core.id).is_empty()
                 || inner.timers.peek().is_some_and(|Reverse(t)| t.0 <= self.core.now().as_nanos());
-            if others || pending {
+            // Under simulation a yield always goes back to the stepper: the other
+            // CPUs run only between steps.
+            if others || pending || self.core.ipi.is_none() {
                 inner.runq.rotate_to_tail(self.key, p);
                 inner.stats.yields += 1;
                 true
@@ -998,6 +1025,17 @@ impl<'y> Ctx<'y> {
             self.core.schedule_local(tid, false)
         } else {
             self.core.shared.schedule(tid, Some(&self.core))
+        }
+    }
+
+    /// Takes `tid` off its run queue until someone [`schedule`](Self::schedule)s it:
+    /// directly on this CPU, by request on another. A sleeping thread is not
+    /// affected; to deschedule yourself use [`block`](Self::block).
+    pub fn deschedule(&self, tid: ThreadId) -> Result<(), ScheduleError> {
+        if tid.cpu == self.core.id {
+            self.core.deschedule_local(tid)
+        } else {
+            self.core.shared.deschedule(tid, Some(&self.core))
         }
     }
 

@@ -193,9 +193,13 @@ impl Simulation {
             let core = self.cores[pick].clone();
             self.steps += 1;
             set_current_core(Some(core.clone()));
+            // The stepped CPU is the current CPU for code that asks dfly-core (per-CPU
+            // state, allocators), exactly as on a real CPU thread.
+            let cpu_guard = dfly_core::set_current_cpu(core.id).ok();
             let reqs = core.drain_requests();
             let fired = core.fire_timers(now);
             let ran = core.run_one();
+            drop(cpu_guard);
             set_current_core(None);
             self.trace.write_u64(self.steps);
             self.trace.write_usize(pick);

@@ -108,19 +108,24 @@ fn higher_priority_runs_first_and_equals_take_turns() {
 
 #[test]
 fn yield_with_nothing_else_runnable_is_cheap() {
-    let mut sim = Machine::simulated(1, 3).unwrap();
-    let h = sim
+    let mut m = Machine::builder().cpus(1).build().unwrap();
+    let h = m
         .spawn(Spawn::on_cpu(0), |cx| {
             for _ in 0..100 {
                 cx.yield_now();
             }
         })
         .unwrap();
-    sim.run().unwrap();
-    h.try_join().unwrap();
-    let st = sim.handle().stats()[0];
-    assert_eq!(st.yields, 0);
+    h.join_blocking().unwrap();
+    let t0 = Instant::now();
+    let mut st = m.stats()[0];
+    while st.cheap_yields < 100 && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(2));
+        st = m.stats()[0];
+    }
+    assert_eq!(st.yields, 0, "{st:?}");
     assert_eq!(st.cheap_yields, 100);
+    m.stop().unwrap();
 }
 
 fn busy_program(seed: u64) -> (u64, u64) {
@@ -692,4 +697,48 @@ fn stacks_are_pooled() {
     assert_eq!(st.threads_exited, 30);
     assert!(st.stacks_created <= 10, "{st:?}");
     assert_eq!(st.stacks_in_use, 0);
+}
+
+#[test]
+fn deschedule_parks_a_runnable_thread_until_scheduled() {
+    let mut sim = Machine::simulated(2, 11).unwrap();
+    let count = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let wid = Arc::new(std::sync::Mutex::new(None));
+    let (c1, s1, w1) = (count.clone(), stop.clone(), wid.clone());
+    sim.spawn(Spawn::on_cpu(0), move |cx| {
+        *w1.lock().unwrap() = Some(cx.id());
+        while !s1.load(Ordering::SeqCst) {
+            c1.fetch_add(1, Ordering::SeqCst);
+            cx.yield_now();
+        }
+    })
+    .unwrap();
+    let (c2, s2, w2) = (count.clone(), stop.clone(), wid.clone());
+    let boss = sim
+        .spawn(Spawn::on_cpu(1), move |cx| {
+            assert_eq!(dfly_core::current_cpu(), Some(cx.cpu()));
+            let wid = loop {
+                if let Some(w) = *w2.lock().unwrap() {
+                    break w;
+                }
+                cx.yield_now();
+            };
+            cx.deschedule(wid).unwrap();
+            cx.sleep(Duration::from_millis(1));
+            let a = c2.load(Ordering::SeqCst);
+            cx.sleep(Duration::from_millis(1));
+            let b = c2.load(Ordering::SeqCst);
+            cx.schedule(wid).unwrap();
+            cx.sleep(Duration::from_millis(1));
+            let c = c2.load(Ordering::SeqCst);
+            s2.store(true, Ordering::SeqCst);
+            (a, b, c)
+        })
+        .unwrap();
+    let rep = sim.run().unwrap();
+    assert_eq!(rep.live_threads, 0);
+    let (a, b, c) = boss.try_join().unwrap();
+    assert_eq!(a, b, "a descheduled thread does not run");
+    assert!(c > b, "scheduling it again lets it run");
 }
