@@ -229,12 +229,16 @@ impl Shared {
         Ok(())
     }
 
-    pub(crate) fn spawn<R: Send + 'static>(
+    pub(crate) fn spawn<R, F>(
         &self,
         opts: Spawn,
         from: Option<&CpuCore>,
-        body: FlowBody<R>,
-    ) -> Result<JoinHandle<R>, SpawnError> {
+        body: F,
+    ) -> Result<JoinHandle<R>, SpawnError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Ctx<'_>) -> Flow<R> + Send + 'static,
+    {
         let cpu = self.cpu(opts.cpu).map_err(SpawnError::NoSuchCpu)?;
         if self.stop.load(Ordering::Acquire) {
             return Err(SpawnError::Stopped);
@@ -257,15 +261,14 @@ impl Shared {
     }
 }
 
-/// A thread body that returns a [`Flow`].
-pub(crate) type FlowBody<R> = Box<dyn for<'y> FnOnce(&mut Ctx<'y>) -> Flow<R> + Send>;
-
-pub(crate) fn plain<F, R>(f: F) -> FlowBody<R>
+/// A plain thread body as a [`Flow`] body (no allocation: the one box is made in
+/// `Shared::spawn`).
+pub(crate) fn plain<F, R>(f: F) -> impl FnOnce(&mut Ctx<'_>) -> Flow<R> + Send + 'static
 where
     F: FnOnce(&mut Ctx<'_>) -> R + Send + 'static,
     R: Send + 'static,
 {
-    Box::new(move |cx: &mut Ctx<'_>| Flow::done(f(cx)))
+    move |cx: &mut Ctx<'_>| Flow::done(f(cx))
 }
 
 /// Turns a typed [`Flow`] into the scheduler's [`Step`], delivering a final result to
@@ -383,6 +386,10 @@ pub(crate) struct JoinState<R> {
     /// Foreign threads inside `join_blocking` (counted under `result`'s lock), so
     /// a completion pays for a condvar wake only when someone waits on it.
     blocking_waiters: AtomicU32,
+    /// LWKT threads inside `Ctx::join`, so a completion routes a wakeup only when
+    /// one may sleep on it (registered before the joiner checks `done`; read after
+    /// the completer sets it: one of the two sees the other).
+    lwkt_waiters: AtomicU32,
     cv: Condvar,
 }
 
@@ -393,12 +400,22 @@ impl<R: Send + 'static> JoinState<R> {
             done: AtomicBool::new(false),
             taken: AtomicBool::new(false),
             blocking_waiters: AtomicU32::new(0),
+            lwkt_waiters: AtomicU32::new(0),
             cv: Condvar::new(),
         }
     }
 
     pub(crate) fn ident(&self) -> usize {
         self as *const Self as usize
+    }
+
+    /// Registers (or, with `false`, unregisters) an LWKT joiner.
+    pub(crate) fn lwkt_waiting(&self, on: bool) {
+        if on {
+            self.lwkt_waiters.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.lwkt_waiters.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     pub(crate) fn is_done(&self) -> bool {
@@ -422,6 +439,9 @@ impl<R: Send + 'static> JoinState<R> {
     /// Delivers the result (called on the thread's CPU, inside the thread).
     fn complete(&self, r: Result<R, JoinError>) {
         self.set(r);
+        if self.lwkt_waiters.load(Ordering::SeqCst) == 0 {
+            return;
+        }
         if let Some(core) = current_core() {
             core.shared.clone().route_wakeup(Some(&core), self.ident(), false);
         }
@@ -529,7 +549,7 @@ impl MachineHandle {
         R: Send + 'static,
     {
         let core = current_core();
-        self.shared.spawn(opts, core.as_deref(), Box::new(f))
+        self.shared.spawn(opts, core.as_deref(), f)
     }
 
     /// Wakes every thread sleeping on `ident`.

@@ -1055,14 +1055,18 @@ impl<'y> Ctx<'y> {
         F: FnOnce(&mut Ctx<'_>) -> Flow<R> + Send + 'static,
         R: Send + 'static,
     {
-        self.core.shared.spawn(opts, Some(&self.core), Box::new(f))
+        self.core.shared.spawn(opts, Some(&self.core), f)
     }
 
     /// Waits for another thread to finish and returns its result.
     pub fn join<R: Send + 'static>(&mut self, h: JoinHandle<R>) -> Result<R, JoinError> {
         let state: Arc<JoinState<R>> = h.state.clone();
-        let ident = state.ident();
-        let _ = self.tsleep_until(ident, None, || state.is_done());
+        if !state.is_done() {
+            let ident = state.ident();
+            state.lwkt_waiting(true);
+            let _ = self.tsleep_until(ident, None, || state.is_done());
+            state.lwkt_waiting(false);
+        }
         h.take()
     }
 

@@ -124,7 +124,7 @@ impl Simulation {
         F: FnOnce(&mut Ctx<'_>) -> Flow<R> + Send + 'static,
         R: Send + 'static,
     {
-        self.shared.spawn(opts, None, Box::new(f))
+        self.shared.spawn(opts, None, f)
     }
 
     /// Wakes every thread sleeping on `ident` (as a foreign thread would).
