@@ -62,6 +62,9 @@ struct TargetLine {
     waiting: AtomicU32,
 }
 
+/// Slots per 64-byte cache line.
+const SLOTS_PER_LINE: u32 = 2;
+
 /// How often (in entries) a drain publishes its read cursor to the source.
 const PUBLISH_EVERY: u32 = 16;
 
@@ -209,6 +212,14 @@ impl Ring {
                 wi = self.src.windex.load(Ordering::Acquire);
                 if diff(wi, r) <= 0 {
                     break;
+                }
+                // Within a continuing drain, stop at a slot-line boundary if that
+                // leaves something to run: the source is likely still writing the
+                // last line, and reading it now would pull the line back and forth.
+                // The rest runs at the next poll, which takes everything.
+                let whole = wi & !(SLOTS_PER_LINE - 1);
+                if diff(whole, r) > 0 {
+                    wi = whole;
                 }
                 budget = budget.saturating_sub(wi.wrapping_sub(r));
             }
