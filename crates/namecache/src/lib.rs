@@ -1,9 +1,46 @@
-//! `dfly-namecache` will be a namecache that is the authority on a namespace, as in
-//! DragonFly: connected (parent, name) entries, locked negative entries that reserve
-//! names, rename that relinks the source entry, fullpath of deleted-but-held entries,
-//! `nlookup`, pluggable backends (memory, host directory) and a FUSE server. It will
-//! work in any program, with no LWKT machine.
+//! `dfly-namecache`: a namecache that is the authority on a namespace, as in
+//! DragonFly, usable in any program (no LWKT machine needed).
 //!
-//! **State: not implemented yet.** This crate exports nothing. See
-//! `shared/design/namecache.md`.
+//! Entries are connected (every entry's parent chain reaches the root) and keyed by
+//! (parent, name) in a hash with random SipHash keys. An entry is unresolved,
+//! positive, negative or destroyed; it can be locked shared or exclusive in any of
+//! those states, so a locked *negative* entry reserves a name that does not exist
+//! yet. Concurrent misses on one name make one backend call. `rename` relinks the
+//! source entry itself, so renaming a directory costs the same whatever is cached
+//! under it and every handle inside it stays valid; `fullpath` works on removed but
+//! still-held entries. [`Namecache::nlookup`] implements the path rules (`.`, `..`
+//! as its own operation, the root's `..`, symlinks up to 40, trailing slashes,
+//! `ENAMETOOLONG`, empty paths, NUL, mount crossing). Filesystems plug in through
+//! [`Backend`]; [`MemFs`] is an in-memory one.
+//!
+//! ```
+//! use dfly_namecache::{Errno, Flags, MemFs, Namecache};
+//! use std::sync::Arc;
+//! let nc = Namecache::new(Arc::new(MemFs::new()));
+//! let root = nc.root();
+//! nc.mkdir(&root, b"/src", 0o755).unwrap();
+//! nc.create(&root, b"/src/main.rs", 0o644).unwrap();
+//! nc.symlink(&root, b"/cur", b"src").unwrap();
+//! let f = nc.nlookup(&root, b"/cur/main.rs", Flags { follow: true, ..Flags::default() }).unwrap();
+//! assert_eq!(nc.fullpath(&f).path, b"/src/main.rs");
+//! assert_eq!(nc.stat(&root, b"/src/main.rs/").unwrap_err(), Errno::NotDir);
+//! nc.unlink(&root, b"/src/main.rs").unwrap();
+//! assert!(nc.fullpath(&f).deleted);
+//! ```
 #![forbid(unsafe_code)]
+
+mod backend;
+mod cache;
+mod errno;
+mod memfs;
+
+#[cfg(test)]
+mod tests;
+
+pub use backend::{Attr, Backend, Ino, Kind};
+pub use cache::{
+    Flags, FullPath, Locked, Namecache, NcLock, NcStats, Ncp, DEFAULT_NEGATIVE_CAP, INLINE_NAME,
+    NAME_MAX, PATH_MAX, SYMLINK_MAX,
+};
+pub use errno::Errno;
+pub use memfs::MemFs;
