@@ -47,6 +47,9 @@ pub const NAME_MAX: usize = 255;
 pub const PATH_MAX: usize = 4096;
 /// Most symbolic links followed in one lookup.
 pub const SYMLINK_MAX: u32 = 40;
+/// Restarts of one step before a lookup gives up with `Again` (only under a
+/// pathological storm of concurrent changes to the same names).
+const RETRIES: u32 = 1000;
 
 type Name = SmallVec<[u8; INLINE_NAME]>;
 
@@ -613,19 +616,25 @@ impl Namecache {
     /// `..` are their own operations, symbolic links are followed (at most 40), a
     /// trailing slash requires a directory, mounts are crossed both ways.
     pub fn nlookup(&self, start: &Ncp, path: &[u8], flags: Flags) -> Result<Ncp, Errno> {
-        let (parent, e) = self.walk(start, path, flags.follow)?;
-        let _ = parent;
-        match e.state() {
-            State::Positive(_) => Ok(Ncp { e }),
-            State::Negative if flags.create => Ok(Ncp { e }),
-            _ => Err(Errno::NoEnt),
+        for _ in 0..RETRIES {
+            let (_, e) = self.walk(start, path, flags.follow)?;
+            match e.state() {
+                State::Positive(_) => return Ok(Ncp { e }),
+                State::Negative if flags.create => return Ok(Ncp { e }),
+                State::Negative => return Err(Errno::NoEnt),
+                // Removed or renamed away under us: walk again.
+                _ => {
+                    self.c.counters.restarts.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
+        Err(Errno::Again)
     }
 
     /// A create or rename-target lookup: the last component's entry, locked
     /// exclusively, positive or negative (a locked negative entry reserves the name).
     pub fn nlookup_locked(&self, start: &Ncp, path: &[u8], follow: bool) -> Result<Locked, Errno> {
-        loop {
+        for _ in 0..RETRIES {
             let (parent, e) = self.walk(start, path, follow)?;
             let Some(parent) = parent else { return Err(Errno::Busy) };
             let lock = Ncp { e: e.clone() }.lock(true);
@@ -643,6 +652,7 @@ impl Namecache {
                 }
             }
         }
+        Err(Errno::Again)
     }
 
     fn validate_path(path: &[u8]) -> Result<(), Errno> {
@@ -704,7 +714,19 @@ impl Namecache {
                     parent = None;
                 }
                 name => {
-                    let child = self.child(&cur, name)?;
+                    // An entry destroyed between the hash lookup and here (a racing
+                    // unlink or rename) is looked up again.
+                    let mut tries = 0u32;
+                    let child = loop {
+                        let c = self.child(&cur, name)?;
+                        match c.state() {
+                            State::Destroyed | State::Unresolved if tries < RETRIES => {
+                                tries += 1;
+                                self.c.counters.restarts.fetch_add(1, Ordering::Relaxed);
+                            }
+                            _ => break c,
+                        }
+                    };
                     match child.state() {
                         State::Positive(a)
                             if a.kind == Kind::Symlink
@@ -929,7 +951,7 @@ impl Namecache {
         }
         let e = locked.lock.ncp().e;
         let Some(a) = (Ncp { e: e.clone() }).attr() else { return Err(Errno::NoEnt) };
-        if e.covered_by.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+        if e.mount != d.mount || e.covered_by.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
             return Err(Errno::Busy);
         }
         let dino = Self::dir_ino(&d)?;
@@ -989,8 +1011,8 @@ impl Namecache {
             check_name(n)?;
         }
         let sd = self.nlookup(start, fname_dir, Flags { follow: true, create: false })?.e;
-        let td = self.nlookup(start, tname_dir, Flags { follow: true, create: false })?.e;
         let sdino = Self::dir_ino(&sd)?;
+        let td = self.nlookup(start, tname_dir, Flags { follow: true, create: false })?.e;
         let tdino = Self::dir_ino(&td)?;
         let src = self.child(&sd, fname)?;
         let Some(sa) = (Ncp { e: src.clone() }).attr() else { return Err(Errno::NoEnt) };
@@ -1026,8 +1048,11 @@ impl Namecache {
                 p = x.parent();
             }
         }
-        for e in [&src, &dst] {
-            if e.covered_by.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+        for (e, dir) in [(&src, &sd), (&dst, &td)] {
+            // A mount point (or a mount's root, which stands in for it) cannot move.
+            if e.mount != dir.mount
+                || e.covered_by.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+            {
                 return Err(Errno::Busy);
             }
         }

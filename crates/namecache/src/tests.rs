@@ -1,1 +1,510 @@
-//! Tests for dfly-namecache.
+//! Tests for dfly-namecache: a model-based property test against a plain tree
+//! model (warm cache = cold cache = model), path-rule cases, rename properties,
+//! concurrency (one backend call per miss, rename storms under lookups) and the
+//! negative-entry bound.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use crate::*;
+
+fn nc() -> (Namecache, Arc<MemFs>) {
+    let fs = Arc::new(MemFs::new());
+    (Namecache::new(fs.clone()), fs)
+}
+
+// ---- the model ------------------------------------------------------------------------
+
+/// A namespace as a map from absolute component lists to kinds: the obviously
+/// correct reference (no symlinks, no links).
+#[derive(Debug, Clone, Default)]
+struct Model {
+    nodes: BTreeMap<Vec<String>, Kind>,
+}
+
+impl Model {
+    fn kind(&self, p: &[String]) -> Option<Kind> {
+        if p.is_empty() {
+            return Some(Kind::Dir);
+        }
+        self.nodes.get(p).copied()
+    }
+
+    fn parent_ok(&self, p: &[String]) -> Result<(), Errno> {
+        // Every proper prefix must be a directory.
+        for i in 0..p.len() - 1 {
+            match self.kind(&p[..=i]) {
+                None => return Err(Errno::NoEnt),
+                Some(Kind::Dir) => {}
+                Some(_) => return Err(Errno::NotDir),
+            }
+        }
+        Ok(())
+    }
+
+    fn children(&self, p: &[String]) -> usize {
+        self.nodes.keys().filter(|k| k.len() == p.len() + 1 && k.starts_with(p)).count()
+    }
+
+    fn make(&mut self, p: &[String], kind: Kind) -> Result<(), Errno> {
+        self.parent_ok(p)?;
+        if self.kind(p).is_some() {
+            return Err(Errno::Exist);
+        }
+        self.nodes.insert(p.to_vec(), kind);
+        Ok(())
+    }
+
+    fn unlink(&mut self, p: &[String]) -> Result<(), Errno> {
+        self.parent_ok(p)?;
+        match self.kind(p) {
+            None => Err(Errno::NoEnt),
+            Some(Kind::Dir) => Err(Errno::IsDir),
+            Some(_) => {
+                self.nodes.remove(p);
+                Ok(())
+            }
+        }
+    }
+
+    fn rmdir(&mut self, p: &[String]) -> Result<(), Errno> {
+        self.parent_ok(p)?;
+        match self.kind(p) {
+            None => Err(Errno::NoEnt),
+            Some(Kind::Dir) if self.children(p) > 0 => Err(Errno::NotEmpty),
+            Some(Kind::Dir) => {
+                self.nodes.remove(p);
+                Ok(())
+            }
+            Some(_) => Err(Errno::NotDir),
+        }
+    }
+
+    fn rename(&mut self, a: &[String], b: &[String]) -> Result<(), Errno> {
+        // Both parent directories are resolved before either last component
+        // (as Linux does).
+        self.parent_ok(a)?;
+        self.parent_ok(b)?;
+        let Some(ka) = self.kind(a) else { return Err(Errno::NoEnt) };
+        let kb = self.kind(b);
+        if a == b {
+            return Ok(());
+        }
+        match (ka == Kind::Dir, kb) {
+            (true, Some(k)) if k != Kind::Dir => return Err(Errno::NotDir),
+            (false, Some(Kind::Dir)) => return Err(Errno::IsDir),
+            _ => {}
+        }
+        if ka == Kind::Dir && b.starts_with(a) {
+            return Err(Errno::Inval);
+        }
+        if kb == Some(Kind::Dir) && self.children(b) > 0 {
+            return Err(Errno::NotEmpty);
+        }
+        self.nodes.remove(b);
+        let moved: Vec<(Vec<String>, Kind)> = self
+            .nodes
+            .range(a.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(a))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        for (k, _) in &moved {
+            self.nodes.remove(k);
+        }
+        for (k, v) in moved {
+            let mut nk = b.to_vec();
+            nk.extend_from_slice(&k[a.len()..]);
+            self.nodes.insert(nk, v);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Mkdir(Vec<String>),
+    Create(Vec<String>),
+    Unlink(Vec<String>),
+    Rmdir(Vec<String>),
+    Rename(Vec<String>, Vec<String>),
+    Stat(Vec<String>),
+}
+
+fn path() -> impl Strategy<Value = Vec<String>> {
+    proptest::collection::vec(
+        prop_oneof![Just("a"), Just("b"), Just("c")].prop_map(String::from),
+        1..4,
+    )
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => path().prop_map(Op::Mkdir),
+        2 => path().prop_map(Op::Create),
+        1 => path().prop_map(Op::Unlink),
+        1 => path().prop_map(Op::Rmdir),
+        2 => (path(), path()).prop_map(|(a, b)| Op::Rename(a, b)),
+        2 => path().prop_map(Op::Stat),
+    ]
+}
+
+fn abs(p: &[String]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for c in p {
+        v.push(b'/');
+        v.extend_from_slice(c.as_bytes());
+    }
+    v
+}
+
+fn all_paths() -> Vec<Vec<String>> {
+    let names = ["a", "b", "c"];
+    let mut out = vec![];
+    for a in names {
+        out.push(vec![a.to_string()]);
+        for b in names {
+            out.push(vec![a.to_string(), b.to_string()]);
+            for c in names {
+                out.push(vec![a.to_string(), b.to_string(), c.to_string()]);
+            }
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// Every operation answers like the model; afterwards a warm cache, a cold
+    /// cache over the same backend and the model agree on every path; handles
+    /// taken along the way still report the path the model has for them.
+    #[test]
+    fn namecache_matches_the_tree_model(ops in proptest::collection::vec(op(), 1..40)) {
+        let (warm, fs) = nc();
+        let root = warm.root();
+        let mut m = Model::default();
+        for op in &ops {
+            let (got, want) = match op {
+                Op::Mkdir(p) => (warm.mkdir(&root, &abs(p), 0o755).map(|_| ()), m.make(p, Kind::Dir)),
+                Op::Create(p) => (warm.create(&root, &abs(p), 0o644).map(|_| ()), m.make(p, Kind::File)),
+                Op::Unlink(p) => (warm.unlink(&root, &abs(p)), m.unlink(p)),
+                Op::Rmdir(p) => (warm.rmdir(&root, &abs(p)), m.rmdir(p)),
+                Op::Rename(a, b) => (warm.rename(&root, &abs(a), &abs(b)), m.rename(a, b)),
+                Op::Stat(p) => {
+                    let want = m.parent_ok(p).and_then(|_| m.kind(p).ok_or(Errno::NoEnt));
+                    (warm.stat(&root, &abs(p)).map(|a| a.kind).map(|_| ()), want.map(|_| ()))
+                }
+            };
+            prop_assert_eq!(got, want, "op {:?}", op);
+        }
+        let cold = Namecache::new(fs.clone());
+        let croot = cold.root();
+        for p in all_paths() {
+            let want = m.parent_ok(&p).and_then(|_| m.kind(&p).ok_or(Errno::NoEnt));
+            let w = warm.stat(&root, &abs(&p)).map(|a| a.kind);
+            let c = cold.stat(&croot, &abs(&p)).map(|a| a.kind);
+            prop_assert_eq!(&w, &want, "warm {:?}", p);
+            prop_assert_eq!(&c, &want, "cold {:?}", p);
+            if let Ok(h) = warm.nlookup(&root, &abs(&p), Flags::default()) {
+                prop_assert_eq!(warm.fullpath(&h).path, abs(&p));
+            }
+        }
+    }
+}
+
+// ---- path rules ---------------------------------------------------------------------
+
+#[test]
+fn dot_dotdot_root_and_trailing_slashes() {
+    let (nc, _) = nc();
+    let r = nc.root();
+    nc.mkdir(&r, b"/d", 0o755).unwrap();
+    nc.mkdir(&r, b"/d/e", 0o755).unwrap();
+    nc.create(&r, b"/d/f", 0o644).unwrap();
+    let e = nc.nlookup(&r, b"/d/e", Flags::default()).unwrap();
+    assert_eq!(
+        nc.nlookup(&e, b"..", Flags::default()).unwrap(),
+        nc.nlookup(&r, b"/d", Flags::default()).unwrap()
+    );
+    assert_eq!(
+        nc.nlookup(&r, b"/../../..", Flags::default()).unwrap(),
+        r,
+        "the root's .. is the root"
+    );
+    assert_eq!(nc.nlookup(&e, b"./../e/.", Flags::default()).unwrap(), e);
+    assert_eq!(nc.nlookup(&r, b"///d//e//", Flags::default()).unwrap(), e);
+    assert_eq!(nc.stat(&r, b"/d/f/").unwrap_err(), Errno::NotDir);
+    assert_eq!(nc.stat(&r, b"/d/f/x").unwrap_err(), Errno::NotDir);
+    assert_eq!(nc.stat(&r, b"/d/f/.").unwrap_err(), Errno::NotDir);
+    assert_eq!(nc.stat(&r, b"/d/nope/x").unwrap_err(), Errno::NoEnt);
+    assert_eq!(nc.stat(&r, b"").unwrap_err(), Errno::NoEnt);
+    assert_eq!(nc.stat(&r, b"/d\0e").unwrap_err(), Errno::Inval);
+    assert_eq!(nc.stat(&r, &[b'a'; 256]).unwrap_err(), Errno::NameTooLong);
+    assert_eq!(nc.stat(&r, &vec![b'/'; 4096]).unwrap_err(), Errno::NameTooLong);
+    assert!(nc.stat(&r, &vec![b'/'; 4095]).is_ok());
+    assert_eq!(nc.create(&r, &[b'x'; 256], 0o644).unwrap_err(), Errno::NameTooLong);
+    // Non-UTF-8 names are names.
+    nc.create(&r, b"/d/\xff\xfe", 0o644).unwrap();
+    assert!(nc.stat(&r, b"/d/\xff\xfe").is_ok());
+}
+
+#[test]
+fn symlinks_are_followed_and_loops_stop_at_40() {
+    let (nc, _) = nc();
+    let r = nc.root();
+    nc.mkdir(&r, b"/t", 0o755).unwrap();
+    nc.create(&r, b"/t/file", 0o644).unwrap();
+    nc.symlink(&r, b"/rel", b"t").unwrap();
+    nc.symlink(&r, b"/abs", b"/t/file").unwrap();
+    nc.symlink(&r, b"/dangling", b"/nope").unwrap();
+    assert_eq!(nc.stat(&r, b"/rel/file").unwrap().kind, Kind::File);
+    assert_eq!(nc.stat(&r, b"/abs").unwrap().kind, Kind::File);
+    assert_eq!(nc.lstat(&r, b"/abs").unwrap().kind, Kind::Symlink);
+    assert_eq!(nc.readlink(&r, b"/abs").unwrap(), b"/t/file");
+    assert_eq!(nc.stat(&r, b"/dangling").unwrap_err(), Errno::NoEnt);
+    assert_eq!(nc.stat(&r, b"/rel/").unwrap().kind, Kind::Dir, "trailing slash follows");
+    nc.symlink(&r, b"/l1", b"l2").unwrap();
+    nc.symlink(&r, b"/l2", b"l1").unwrap();
+    assert_eq!(nc.stat(&r, b"/l1").unwrap_err(), Errno::Loop);
+    // A chain of exactly 40 links resolves; 41 does not.
+    nc.create(&r, b"/end", 0o644).unwrap();
+    for i in 0..41 {
+        let target = if i == 0 { b"end".to_vec() } else { format!("c{}", i - 1).into_bytes() };
+        nc.symlink(&r, format!("/c{i}").as_bytes(), &target).unwrap();
+    }
+    assert!(nc.stat(&r, b"/c39").is_ok());
+    assert_eq!(nc.stat(&r, b"/c40").unwrap_err(), Errno::Loop);
+}
+
+#[test]
+fn mounts_are_crossed_both_ways() {
+    let (nc, _) = nc();
+    let r = nc.root();
+    nc.mkdir(&r, b"/mnt", 0o755).unwrap();
+    nc.create(&r, b"/mnt/hidden", 0o644).unwrap();
+    let other = Arc::new(MemFs::new());
+    let mnt = nc.nlookup(&r, b"/mnt", Flags::default()).unwrap();
+    nc.mount(&mnt, other).unwrap();
+    assert_eq!(nc.stat(&r, b"/mnt/hidden").unwrap_err(), Errno::NoEnt, "covered");
+    nc.create(&r, b"/mnt/inside", 0o644).unwrap();
+    let inside = nc.nlookup(&r, b"/mnt/inside", Flags::default()).unwrap();
+    assert_eq!(nc.fullpath(&inside).path, b"/mnt/inside");
+    assert_eq!(nc.nlookup(&inside, b"..", Flags::default()).unwrap_err(), Errno::NotDir);
+    let mroot = nc.nlookup(&r, b"/mnt", Flags::default()).unwrap();
+    assert_eq!(nc.nlookup(&mroot, b"inside", Flags::default()).unwrap(), inside);
+    let up = nc.nlookup(&mroot, b"..", Flags::default()).unwrap();
+    assert_eq!(up, r, ".. climbs out of the mount");
+    assert_eq!(nc.rename(&r, b"/mnt/inside", b"/x").unwrap_err(), Errno::XDev);
+    assert_eq!(nc.link(&r, b"/mnt/inside", b"/y").unwrap_err(), Errno::XDev);
+    assert_eq!(nc.rmdir(&r, b"/mnt").unwrap_err(), Errno::Busy);
+}
+
+// ---- rename ---------------------------------------------------------------------------
+
+#[test]
+fn rename_relinks_and_keeps_handles() {
+    let (nc, _) = nc();
+    let r = nc.root();
+    nc.mkdir(&r, b"/a", 0o755).unwrap();
+    let mut deep = b"/a".to_vec();
+    for i in 0..20 {
+        deep.extend_from_slice(format!("/d{i}").as_bytes());
+        nc.mkdir(&r, &deep, 0o755).unwrap();
+    }
+    let h = nc.nlookup(&r, &deep, Flags::default()).unwrap();
+    let before = nc.stats().entries;
+    nc.rename(&r, b"/a", b"/b").unwrap();
+    assert_eq!(nc.stats().entries, before, "the subtree moved, it was not rebuilt");
+    let mut want = b"/b".to_vec();
+    want.extend_from_slice(&deep[2..]);
+    assert_eq!(nc.fullpath(&h).path, want);
+    assert_eq!(nc.nlookup(&r, &want, Flags::default()).unwrap(), h);
+    assert_eq!(nc.stat(&r, b"/a").unwrap_err(), Errno::NoEnt);
+    // Error cases.
+    assert_eq!(nc.rename(&r, b"/b", b"/b/d0/x").unwrap_err(), Errno::Inval);
+    nc.create(&r, b"/f", 0o644).unwrap();
+    assert_eq!(nc.rename(&r, b"/b", b"/f").unwrap_err(), Errno::NotDir);
+    assert_eq!(nc.rename(&r, b"/f", b"/b").unwrap_err(), Errno::IsDir);
+    nc.mkdir(&r, b"/e", 0o755).unwrap();
+    assert_eq!(nc.rename(&r, b"/e", b"/b").unwrap_err(), Errno::NotEmpty);
+    assert_eq!(nc.rename(&r, b"/nope", b"/x").unwrap_err(), Errno::NoEnt);
+    assert_eq!(nc.rename(&r, b"/f", b"/f").map(|_| ()), Ok(()), "same entry");
+    assert_eq!(nc.rename(&r, b"/f", b"/b/.").unwrap_err(), Errno::Inval);
+    // Replacing a file destroys the old target entry; its handle sees it.
+    nc.create(&r, b"/g", 0o644).unwrap();
+    let g = nc.nlookup(&r, b"/g", Flags::default()).unwrap();
+    nc.rename(&r, b"/f", b"/g").unwrap();
+    assert!(g.is_destroyed());
+    assert!(nc.fullpath(&g).deleted);
+}
+
+#[test]
+fn fullpath_of_a_removed_directory_is_flagged() {
+    let (nc, _) = nc();
+    let r = nc.root();
+    nc.mkdir(&r, b"/x", 0o755).unwrap();
+    let cwd = nc.nlookup(&r, b"/x", Flags::default()).unwrap();
+    nc.rmdir(&r, b"/x").unwrap();
+    let fp = nc.fullpath(&cwd);
+    assert_eq!(fp.path, b"/x");
+    assert!(fp.deleted);
+    assert_eq!(nc.create(&cwd, b"y", 0o644).unwrap_err(), Errno::NoEnt);
+}
+
+// ---- locking and concurrency ----------------------------------------------------------
+
+#[test]
+fn concurrent_misses_make_one_backend_call() {
+    let (nc, fs) = nc();
+    let r = nc.root();
+    nc.mkdir(&r, b"/dir", 0o755).unwrap();
+    let before = fs.lookup_calls();
+    let s0 = nc.stats();
+    let go = Arc::new(std::sync::Barrier::new(8));
+    let hs: Vec<_> = (0..8)
+        .map(|_| {
+            let (nc, r, go) = (nc.clone(), r.clone(), go.clone());
+            std::thread::spawn(move || {
+                go.wait();
+                nc.stat(&r, b"/dir/missing")
+            })
+        })
+        .collect();
+    for h in hs {
+        assert_eq!(h.join().unwrap().unwrap_err(), Errno::NoEnt);
+    }
+    assert_eq!(fs.lookup_calls() - before, 1, "one backend lookup for eight misses");
+    let s1 = nc.stats();
+    assert_eq!(s1.misses - s0.misses, 1);
+    assert_eq!((s1.negative_hits - s0.negative_hits) + (s1.misses - s0.misses), 8);
+}
+
+#[test]
+fn a_locked_negative_entry_reserves_the_name() {
+    let (nc, _) = nc();
+    let r = nc.root();
+    let locked = nc.nlookup_locked(&r, b"/name", false).unwrap();
+    assert!(!locked.exists);
+    let (nc2, r2) = (nc.clone(), r.clone());
+    let done = Arc::new(AtomicBool::new(false));
+    let d2 = done.clone();
+    let t = std::thread::spawn(move || {
+        let res = nc2.create(&r2, b"/name", 0o644).map(|_| ());
+        d2.store(true, Ordering::SeqCst);
+        res
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!done.load(Ordering::SeqCst), "the create waits for the reservation");
+    drop(locked);
+    assert_eq!(t.join().unwrap(), Ok(()));
+}
+
+#[test]
+fn rename_storm_under_lookups() {
+    let (nc, _) = nc();
+    let r = nc.root();
+    nc.mkdir(&r, b"/p", 0o755).unwrap();
+    nc.mkdir(&r, b"/p/q", 0o755).unwrap();
+    nc.create(&r, b"/p/q/leaf", 0o644).unwrap();
+    let leaf = nc.nlookup(&r, b"/p/q/leaf", Flags::default()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (nc, r, stop) = (nc.clone(), r.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut ok = 0u64;
+                let mut rounds = 0u32;
+                let t0 = Instant::now();
+                while (rounds < 200 || !stop.load(Ordering::Relaxed))
+                    && t0.elapsed() < Duration::from_secs(5)
+                {
+                    rounds += 1;
+                    for p in [&b"/p/q/leaf"[..], b"/s/q/leaf"] {
+                        match nc.stat(&r, p) {
+                            Ok(a) => {
+                                assert_eq!(a.kind, Kind::File);
+                                ok += 1;
+                            }
+                            Err(e) => assert_eq!(e, Errno::NoEnt),
+                        }
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    for i in 0..2000 {
+        let (a, b) = if i % 2 == 0 { (&b"/p"[..], &b"/s"[..]) } else { (&b"/s"[..], &b"/p"[..]) };
+        nc.rename(&r, a, b).unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let total: u64 = readers.into_iter().map(|h| h.join().unwrap()).sum();
+    assert!(total > 0);
+    assert_eq!(nc.fullpath(&leaf).path, b"/p/q/leaf");
+    assert!(!nc.fullpath(&leaf).deleted);
+}
+
+#[test]
+fn create_unlink_ping_pong_of_one_name() {
+    let (nc, _) = nc();
+    let r = nc.root();
+    let hs: Vec<_> = (0..2)
+        .map(|_| {
+            let (nc, r) = (nc.clone(), r.clone());
+            std::thread::spawn(move || {
+                let mut created = 0u32;
+                for _ in 0..2000 {
+                    match nc.create(&r, b"/one", 0o644) {
+                        Ok(_) => {
+                            created += 1;
+                            nc.unlink(&r, b"/one").unwrap();
+                        }
+                        Err(e) => assert_eq!(e, Errno::Exist),
+                    }
+                }
+                created
+            })
+        })
+        .collect();
+    let n: u32 = hs.into_iter().map(|h| h.join().unwrap()).sum();
+    assert!(n > 0);
+    assert_eq!(nc.stat(&r, b"/one").unwrap_err(), Errno::NoEnt);
+}
+
+#[test]
+fn negatives_stay_under_cap_plus_slack() {
+    let fs = Arc::new(MemFs::new());
+    let cap = 1000;
+    let nc = Namecache::with_negative_cap(fs, cap);
+    let r = nc.root();
+    for i in 0..20_000u32 {
+        let _ = nc.stat(&r, format!("/miss{i}").as_bytes());
+        assert!(nc.stats().negatives as usize <= cap + cap / 8 + 1);
+    }
+    assert!(nc.stats().evictions > 0);
+    // A held negative entry is never evicted.
+    let held = nc.nlookup_locked(&r, b"/keep", false).unwrap();
+    for i in 0..5_000u32 {
+        let _ = nc.stat(&r, format!("/again{i}").as_bytes());
+    }
+    assert!(!held.exists);
+    let h = held.lock.ncp();
+    assert!(h.is_negative(), "still cached and still negative");
+}
+
+#[test]
+fn hard_links_are_invalidated_together() {
+    let (nc, _) = nc();
+    let r = nc.root();
+    nc.create(&r, b"/a", 0o644).unwrap();
+    assert_eq!(nc.stat(&r, b"/a").unwrap().nlink, 1);
+    nc.link(&r, b"/a", b"/b").unwrap();
+    assert_eq!(nc.stat(&r, b"/a").unwrap().nlink, 2, "the alias was refreshed");
+    nc.unlink(&r, b"/b").unwrap();
+    assert_eq!(nc.stat(&r, b"/a").unwrap().nlink, 1);
+    assert_eq!(nc.link(&r, b"/", b"/c").unwrap_err(), Errno::Perm);
+}
