@@ -111,7 +111,7 @@ const fn absolute(
 }
 
 /// Every goal table, in report order. Add a suite's table here.
-pub const TABLES: &[&[Goal]] = &[IPI, LWKT];
+pub const TABLES: &[&[Goal]] = &[IPI, LWKT, NAMECACHE];
 
 /// dfly-ipi's goals (core-ipi.md, "Benchmarks and goals"), named as the ipi bench emits.
 pub const IPI: &[Goal] = &[
@@ -254,6 +254,64 @@ pub const LWKT: &[Goal] = &[
     ),
     absolute("uncontended token", "lwkt", "token/uncontended", "ns_per_pair", AtMost, 10.0),
     absolute("idle machine CPU", "lwkt", "idle/2cpu", "cpu_ms_per_s", AtMost, 10.0),
+];
+
+/// dfly-namecache's goals (namecache.md, "Benchmarks and goals"; "4.5x faster than
+/// fstatat" is a time ratio of at most 1/4.5).
+pub const NAMECACHE: &[Goal] = &[
+    absolute(
+        "cached 6-component lookup, 10K",
+        "namecache",
+        "lookup/10k/depth6",
+        "ns_per_lookup",
+        AtMost,
+        250.0,
+    ),
+    ratio(
+        "6-component lookup vs fstatat",
+        "namecache",
+        "lookup/10k/depth6",
+        "ns_per_lookup",
+        AtMost,
+        1.0 / 4.5,
+        "fstatat(2)",
+    ),
+    ratio(
+        "6-component lookup vs full-path HashMap",
+        "namecache",
+        "lookup/10k/depth6",
+        "ns_per_lookup",
+        AtMost,
+        1.0,
+        "RwLock<HashMap<PathBuf>>",
+    ),
+    absolute(
+        "cached 6-component lookup, 1M",
+        "namecache",
+        "lookup/1m/depth6",
+        "ns_per_lookup",
+        AtMost,
+        600.0,
+    ),
+    ratio(
+        "negative hit vs positive hit",
+        "namecache",
+        "negative/10k/depth6",
+        "ns_per_lookup",
+        AtMost,
+        1.1,
+        "dfly positive hit",
+    ),
+    absolute("rename at any subtree size", "namecache", "rename/*", "us_per_rename", AtMost, 2.0),
+    absolute("bytes per entry", "namecache", "memory/*", "bytes_per_entry", AtMost, 128.0),
+    absolute(
+        "negatives within cap + slack",
+        "namecache",
+        "negflood",
+        "max_resident_over_bound",
+        AtMost,
+        1.0,
+    ),
 ];
 
 impl Goal {

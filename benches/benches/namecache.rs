@@ -1,0 +1,339 @@
+//! The namecache suite: dfly-namecache against raw `fstatat(2)` on the same tree in a
+//! host directory, a full-path `RwLock<HashMap<PathBuf, _>>`, a concurrent full-path
+//! map (dashmap) and a (parent, name) map under one lock, in the same run.
+//!
+//! Cases: cached lookups at depths 1, 6 and 16 in trees of 10,000 and 1,000,000
+//! entries; a negative hit against a positive one; rename of a directory with
+//! 10^2..10^5 cached descendants (10^6 with `--full`) against rewriting a full-path
+//! map; resident bytes per cached entry; and a flood of distinct misses against the
+//! negative cap. `DFLY_BENCH_ONLY=lookup,negative,rename,memory,flood` selects cases.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use dfly_benches::{median, progress, Mode, Recorder};
+use dfly_namecache::{Attr, Backend, Errno, Ino, Kind, MemFs, Namecache, DEFAULT_NEGATIVE_CAP};
+
+const FSTATAT: &str = "fstatat(2)";
+const RWMAP: &str = "RwLock<HashMap<PathBuf>>";
+const DASHMAP: &str = "dashmap 6 full-path";
+const PNMAP: &str = "Mutex<HashMap<(parent,name)>>";
+
+/// Directory chain `/d0/d1/.../d15` with files spread over its levels.
+fn chain_paths(total: usize) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let mut dirs = Vec::new();
+    let mut p = Vec::new();
+    for i in 0..16 {
+        p.extend_from_slice(format!("/d{i}").as_bytes());
+        dirs.push(p.clone());
+    }
+    let mut files = Vec::new();
+    let per = (total.saturating_sub(16) / 17).max(1);
+    for level in 0..17 {
+        let base: &[u8] = if level == 0 { b"" } else { &dirs[level - 1] };
+        for j in 0..per {
+            let mut f = base.to_vec();
+            f.extend_from_slice(format!("/f{j}").as_bytes());
+            files.push(f);
+        }
+    }
+    (dirs, files)
+}
+
+/// The file probed at `depth` components (depth 1 = `/f0`).
+fn probe(depth: usize) -> Vec<u8> {
+    let mut p = Vec::new();
+    for i in 0..depth - 1 {
+        p.extend_from_slice(format!("/d{i}").as_bytes());
+    }
+    p.extend_from_slice(b"/f0");
+    p
+}
+
+fn per_op(reps: usize, n: u64, mut f: impl FnMut()) -> f64 {
+    let mut v: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..n {
+                f();
+            }
+            t.elapsed().as_nanos() as f64 / n as f64
+        })
+        .collect();
+    median(&mut v)
+}
+
+fn attr(ino: u64) -> Attr {
+    Attr { ino, kind: Kind::File, nlink: 1, size: 0, mode: 0o644 }
+}
+
+fn lookup_suite(rec: &mut Recorder, mode: Mode, total: usize, label: &str) {
+    progress(&format!("namecache: lookup/{label} (building {total} entries)"));
+    let (dirs, files) = chain_paths(total);
+    let fs = Arc::new(MemFs::new());
+    let nc = Namecache::new(fs);
+    let root = nc.root();
+    for d in &dirs {
+        nc.mkdir(&root, d, 0o755).unwrap();
+    }
+    for f in &files {
+        nc.create(&root, f, 0o644).unwrap();
+    }
+    // Peers hold the same names.
+    let rw: RwLock<HashMap<PathBuf, Attr>> = RwLock::new(HashMap::new());
+    let dm: dashmap::DashMap<PathBuf, Attr> = dashmap::DashMap::new();
+    let pn: Mutex<HashMap<(u64, Vec<u8>), u64>> = Mutex::new(HashMap::new());
+    {
+        let mut g = rw.write().unwrap();
+        let mut pg = pn.lock().unwrap();
+        let mut ids: HashMap<Vec<u8>, u64> = HashMap::new();
+        ids.insert(Vec::new(), 0);
+        let mut next = 1u64;
+        for p in dirs.iter().chain(files.iter()) {
+            let pb = PathBuf::from(String::from_utf8_lossy(p).into_owned());
+            g.insert(pb.clone(), attr(next));
+            dm.insert(pb, attr(next));
+            let cut = p.iter().rposition(|&b| b == b'/').unwrap_or(0);
+            let parent = ids.get(&p[..cut]).copied().unwrap_or(0);
+            pg.insert((parent, p[cut + 1..].to_vec()), next);
+            ids.insert(p.clone(), next);
+            next += 1;
+        }
+    }
+    // The host tree for fstatat (only the probed paths need to exist).
+    let host = std::env::temp_dir().join(format!("dfly-nc-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&host);
+    for depth in [1usize, 6, 16] {
+        let p = probe(depth);
+        let full = host.join(String::from_utf8_lossy(&p[1..]).into_owned());
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(&full, b"").unwrap();
+    }
+    let reps = mode.reps();
+    let n = mode.scale(200_000);
+    for depth in [1usize, 6, 16] {
+        let case = format!("lookup/{label}/depth{depth}");
+        let p = probe(depth);
+        let v = per_op(reps, n, || {
+            black_box(nc.stat(&root, black_box(&p)).unwrap());
+        });
+        rec.record(&case, "dfly", "ns_per_lookup", v, "ns", true);
+        let cpath = CString::new(
+            host.join(String::from_utf8_lossy(&p[1..]).into_owned())
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap();
+        let v = per_op(reps, n / 4, || {
+            // SAFETY: a valid NUL-terminated path and a zeroed stat buffer.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: as above; AT_FDCWD with an absolute path.
+            let r = unsafe { libc::fstatat(libc::AT_FDCWD, cpath.as_ptr(), &mut st, 0) };
+            black_box(r);
+        });
+        rec.record(&case, FSTATAT, "ns_per_lookup", v, "ns", true);
+        let pb = PathBuf::from(String::from_utf8_lossy(&p).into_owned());
+        let v = per_op(reps, n, || {
+            black_box(rw.read().unwrap().get(black_box(&pb)).copied());
+        });
+        rec.record(&case, RWMAP, "ns_per_lookup", v, "ns", true);
+        let v = per_op(reps, n, || {
+            black_box(dm.get(black_box(&pb)).map(|r| *r));
+        });
+        rec.record(&case, DASHMAP, "ns_per_lookup", v, "ns", true);
+        let comps: Vec<Vec<u8>> =
+            p.split(|&b| b == b'/').filter(|c| !c.is_empty()).map(|c| c.to_vec()).collect();
+        let v = per_op(reps, n, || {
+            let g = pn.lock().unwrap();
+            let mut id = 0u64;
+            for c in &comps {
+                // The key is built per component, as a real walk must.
+                id = *g.get(&(id, c.clone())).unwrap();
+            }
+            black_box(id);
+        });
+        rec.record(&case, PNMAP, "ns_per_lookup", v, "ns", true);
+    }
+    if label == "10k" {
+        progress("namecache: negative/10k/depth6");
+        let mut miss = probe(6);
+        miss.extend_from_slice(b"-missing");
+        let _ = nc.stat(&root, &miss);
+        let case = "negative/10k/depth6";
+        let v = per_op(reps, n, || {
+            black_box(nc.stat(&root, black_box(&miss)).unwrap_err());
+        });
+        rec.record(case, "dfly", "ns_per_lookup", v, "ns", true);
+        let hit = probe(6);
+        let v = per_op(reps, n, || {
+            black_box(nc.stat(&root, black_box(&hit)).unwrap());
+        });
+        rec.record(case, "dfly positive hit", "ns_per_lookup", v, "ns", true);
+    }
+    let _ = std::fs::remove_dir_all(&host);
+}
+
+fn rename_suite(rec: &mut Recorder, mode: Mode) {
+    let sizes: &[usize] = match mode {
+        Mode::Test => &[100],
+        Mode::Quick => &[100, 10_000, 100_000],
+        Mode::Full => &[100, 10_000, 100_000, 1_000_000],
+    };
+    for &k in sizes {
+        progress(&format!("namecache: rename/{k}"));
+        let nc = Namecache::new(Arc::new(MemFs::new()));
+        let root = nc.root();
+        nc.mkdir(&root, b"/a", 0o755).unwrap();
+        let mut full: HashMap<PathBuf, Attr> = HashMap::new();
+        // k cached descendants: 100 per directory.
+        let ndirs = k.div_ceil(100);
+        for d in 0..ndirs {
+            let dp = format!("/a/s{d}");
+            nc.mkdir(&root, dp.as_bytes(), 0o755).unwrap();
+            full.insert(PathBuf::from(&dp), attr(d as u64));
+            for f in 0..(k / ndirs).min(100) {
+                let fp = format!("{dp}/f{f}");
+                nc.create(&root, fp.as_bytes(), 0o644).unwrap();
+                full.insert(PathBuf::from(&fp), attr(f as u64));
+            }
+        }
+        let rounds = if mode == Mode::Test { 4 } else { 200 };
+        let t = Instant::now();
+        for i in 0..rounds {
+            let (a, b) =
+                if i % 2 == 0 { (&b"/a"[..], &b"/b"[..]) } else { (&b"/b"[..], &b"/a"[..]) };
+            nc.rename(&root, a, b).unwrap();
+        }
+        let us = t.elapsed().as_secs_f64() * 1e6 / rounds as f64;
+        let case = format!("rename/{k}");
+        rec.record(&case, "dfly", "us_per_rename", us, "us", true);
+        // The full-path map must rewrite every key under the renamed directory.
+        let t = Instant::now();
+        let moved: Vec<(PathBuf, Attr)> = full.drain().collect();
+        for (p, a) in moved {
+            let np = PathBuf::from("/b").join(p.strip_prefix("/a").unwrap());
+            full.insert(np, a);
+        }
+        let us = t.elapsed().as_secs_f64() * 1e6;
+        rec.record(&case, "HashMap<PathBuf> rewrite", "us_per_rename", us, "us", true);
+    }
+}
+
+/// A backend that says every name exists (files) without storing anything, so the
+/// namecache's own memory can be measured.
+struct Synthetic;
+
+impl Backend for Synthetic {
+    fn root(&self) -> Ino {
+        1
+    }
+    fn lookup(&self, _dir: Ino, name: &[u8]) -> Result<Option<Attr>, Errno> {
+        if name.starts_with(b"miss") {
+            return Ok(None);
+        }
+        Ok(Some(attr(2 + name.len() as u64)))
+    }
+    fn lookup_dotdot(&self, _dir: Ino) -> Result<Ino, Errno> {
+        Ok(1)
+    }
+    fn getattr(&self, ino: Ino) -> Result<Attr, Errno> {
+        Ok(Attr { ino, kind: Kind::Dir, nlink: 2, size: 0, mode: 0o755 })
+    }
+    fn create(&self, _: Ino, _: &[u8], _: u32) -> Result<Attr, Errno> {
+        Err(Errno::Perm)
+    }
+    fn mkdir(&self, _: Ino, _: &[u8], _: u32) -> Result<Attr, Errno> {
+        Err(Errno::Perm)
+    }
+    fn symlink(&self, _: Ino, _: &[u8], _: &[u8]) -> Result<Attr, Errno> {
+        Err(Errno::Perm)
+    }
+    fn link(&self, _: Ino, _: Ino, _: &[u8]) -> Result<Attr, Errno> {
+        Err(Errno::Perm)
+    }
+    fn remove(&self, _: Ino, _: &[u8]) -> Result<(), Errno> {
+        Err(Errno::Perm)
+    }
+    fn rmdir(&self, _: Ino, _: &[u8]) -> Result<(), Errno> {
+        Err(Errno::Perm)
+    }
+    fn rename(&self, _: Ino, _: &[u8], _: Ino, _: &[u8]) -> Result<(), Errno> {
+        Err(Errno::Perm)
+    }
+    fn readlink(&self, _: Ino) -> Result<Vec<u8>, Errno> {
+        Err(Errno::Inval)
+    }
+    fn readdir(&self, _: Ino) -> Result<Vec<(Vec<u8>, Attr)>, Errno> {
+        Ok(Vec::new())
+    }
+}
+
+fn resident_bytes() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = s.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    pages * page
+}
+
+fn memory_suite(rec: &mut Recorder, mode: Mode) {
+    let n = if mode == Mode::Test { 2_000 } else { 200_000 };
+    progress(&format!("namecache: memory/{n} (resident bytes per cached entry)"));
+    let nc = Namecache::new(Arc::new(Synthetic));
+    let root = nc.root();
+    let before = resident_bytes();
+    for i in 0..n {
+        // 20-byte names: inline.
+        let _ = nc.stat(&root, format!("/entry-{i:014}").as_bytes());
+    }
+    let after = resident_bytes();
+    assert_eq!(nc.stats().entries as usize, n);
+    let case = format!("memory/{n}");
+    rec.record(&case, "dfly", "bytes_per_entry", (after - before) as f64 / n as f64, "B", true);
+}
+
+fn flood_suite(rec: &mut Recorder, mode: Mode) {
+    let n = mode.scale(2_000_000);
+    progress(&format!("namecache: negflood/{n} distinct misses"));
+    let cap = DEFAULT_NEGATIVE_CAP;
+    let nc = Namecache::new(Arc::new(Synthetic));
+    let root = nc.root();
+    let mut max = 0u64;
+    for i in 0..n {
+        let _ = nc.stat(&root, format!("/miss{i}").as_bytes());
+        if i % 1024 == 0 {
+            max = max.max(nc.stats().negatives);
+        }
+    }
+    max = max.max(nc.stats().negatives);
+    let bound = (cap + cap / 8 + 1) as f64;
+    rec.record("negflood", "dfly", "max_resident_over_bound", max as f64 / bound, "x", true);
+}
+
+fn main() {
+    let mode = Mode::from_args();
+    let mut rec = Recorder::new("namecache");
+    progress(&format!("namecache suite, mode {mode:?}"));
+    let only = std::env::var("DFLY_BENCH_ONLY").unwrap_or_default();
+    let want = |name: &str| only.is_empty() || only.split(',').any(|w| w == name);
+    if want("lookup") || want("negative") {
+        lookup_suite(&mut rec, mode, if mode == Mode::Test { 500 } else { 10_000 }, "10k");
+        if mode != Mode::Test && want("lookup") {
+            lookup_suite(&mut rec, mode, 1_000_000, "1m");
+        }
+    }
+    if want("rename") {
+        rename_suite(&mut rec, mode);
+    }
+    if want("memory") {
+        memory_suite(&mut rec, mode);
+    }
+    if want("flood") {
+        flood_suite(&mut rec, mode);
+    }
+    progress(&format!("namecache suite done: {} records", rec.count()));
+}
