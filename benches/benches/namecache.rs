@@ -92,8 +92,7 @@ fn lookup_suite(rec: &mut Recorder, mode: Mode, total: usize, label: &str) {
         let mut pg = pn.lock().unwrap();
         let mut ids: HashMap<Vec<u8>, u64> = HashMap::new();
         ids.insert(Vec::new(), 0);
-        let mut next = 1u64;
-        for p in dirs.iter().chain(files.iter()) {
+        for (next, p) in (1u64..).zip(dirs.iter().chain(files.iter())) {
             let pb = PathBuf::from(String::from_utf8_lossy(p).into_owned());
             g.insert(pb.clone(), attr(next));
             dm.insert(pb, attr(next));
@@ -101,7 +100,6 @@ fn lookup_suite(rec: &mut Recorder, mode: Mode, total: usize, label: &str) {
             let parent = ids.get(&p[..cut]).copied().unwrap_or(0);
             pg.insert((parent, p[cut + 1..].to_vec()), next);
             ids.insert(p.clone(), next);
-            next += 1;
         }
     }
     // The host tree for fstatat (only the probed paths need to exist).
