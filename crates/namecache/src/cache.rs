@@ -119,7 +119,7 @@ pub(crate) struct Entry {
     /// Generation: bumped whenever the entry's state changes.
     gen: AtomicU64,
     /// A mount covering this directory, if any.
-    covered_by: Mutex<Option<u64>>,
+    covered_by: AtomicU64,
     symlink: Mutex<Option<Arc<[u8]>>>,
 }
 
@@ -347,8 +347,16 @@ fn new_entry(id: u64, mount: u64, parent: Option<Arc<Entry>>, name: &[u8], st: S
         resolve: Mutex::new(()),
         lock: EntryLock::default(),
         gen: AtomicU64::new(0),
-        covered_by: Mutex::new(None),
+        covered_by: AtomicU64::new(0),
         symlink: Mutex::new(None),
+    }
+}
+
+fn dir_of(st: State) -> Result<Ino, Errno> {
+    match st {
+        State::Positive(a) if a.kind == Kind::Dir => Ok(a.ino),
+        State::Positive(_) => Err(Errno::NotDir),
+        _ => Err(Errno::NoEnt),
     }
 }
 
@@ -434,8 +442,8 @@ impl Namecache {
     /// unmounted; `..` from the new root leads back to `at`'s parent).
     pub fn mount(&self, at: &Ncp, backend: Arc<dyn Backend>) -> Result<(), Errno> {
         Self::dir_ino(&at.e)?;
-        let mut cov = at.e.covered_by.lock().unwrap_or_else(|p| p.into_inner());
-        if cov.is_some() {
+        let _serial = self.c.rename_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if at.e.covered_by.load(Ordering::Acquire) != 0 {
             return Err(Errno::Busy);
         }
         let id = self.c.next_id.fetch_add(1, Ordering::Relaxed);
@@ -444,7 +452,7 @@ impl Namecache {
         let root = Arc::new(new_entry(id, id, at.e.parent(), &at.e.name(), State::Positive(attr)));
         let mut m = self.c.mounts.write().unwrap_or_else(|p| p.into_inner());
         m.insert(id, Mount { backend, root, over: Some(Arc::downgrade(&at.e)) });
-        *cov = Some(id);
+        at.e.covered_by.store(id, Ordering::Release);
         Ok(())
     }
 
@@ -452,8 +460,10 @@ impl Namecache {
     fn cross_down(&self, e: Arc<Entry>) -> Arc<Entry> {
         let mut e = e;
         for _ in 0..16 {
-            let cov = *e.covered_by.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(id) = cov else { return e };
+            let id = e.covered_by.load(Ordering::Acquire);
+            if id == 0 {
+                return e;
+            }
             let m = self.c.mounts.read().unwrap_or_else(|p| p.into_inner());
             match m.get(&id) {
                 Some(mt) => {
@@ -498,73 +508,103 @@ impl Namecache {
 
     /// Finds or makes the child entry `name` of `dir` and resolves it if needed
     /// (one backend call per miss, however many threads miss at once).
-    fn child(&self, dir: &Arc<Entry>, name: &[u8]) -> Result<Arc<Entry>, Errno> {
+    fn child(
+        &self,
+        dir: &Arc<Entry>,
+        dir_state: State,
+        name: &[u8],
+    ) -> Result<(Arc<Entry>, State), Errno> {
         check_name(name)?;
-        let dino = Self::dir_ino(dir)?;
+        let dino = dir_of(dir_state)?;
         let key = (dir.id, Name::from_slice(name));
-        let found = {
-            let t = self.c.topo.read().unwrap_or_else(|p| p.into_inner());
-            t.hash.get(&key).cloned()
-        };
-        let e = match found {
-            Some(e) => e,
-            None => {
-                let mut t = self.c.topo.write().unwrap_or_else(|p| p.into_inner());
-                match t.hash.get(&key) {
-                    Some(e) => e.clone(),
-                    None => {
-                        let id = self.c.next_id.fetch_add(1, Ordering::Relaxed);
-                        let e = Arc::new(new_entry(
-                            id,
-                            dir.mount,
-                            Some(dir.clone()),
-                            name,
-                            State::Unresolved,
-                        ));
-                        t.hash.insert(key, e.clone());
-                        e
+        for _ in 0..RETRIES {
+            let found = {
+                let t = self.c.topo.read().unwrap_or_else(|p| p.into_inner());
+                t.hash.get(&key).cloned()
+            };
+            let e = match found {
+                Some(e) => e,
+                None => {
+                    let mut t = self.c.topo.write().unwrap_or_else(|p| p.into_inner());
+                    match t.hash.get(&key) {
+                        Some(e) => e.clone(),
+                        None => {
+                            let id = self.c.next_id.fetch_add(1, Ordering::Relaxed);
+                            let e = Arc::new(new_entry(
+                                id,
+                                dir.mount,
+                                Some(dir.clone()),
+                                name,
+                                State::Unresolved,
+                            ));
+                            t.hash.insert(key.clone(), e.clone());
+                            e
+                        }
                     }
                 }
+            };
+            let mut st = e.state();
+            match st {
+                State::Positive(_) => {
+                    self.c.counters.hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(self.cross_down_with(e, st));
+                }
+                State::Negative => {
+                    self.c.counters.negative_hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok((e, st));
+                }
+                State::Destroyed => {
+                    // Removed between our hash read and now: look again.
+                    self.c.counters.restarts.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                State::Unresolved => {}
             }
-        };
-        match e.state() {
-            State::Positive(_) => {
-                self.c.counters.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(self.cross_down(e));
-            }
-            State::Negative => {
-                self.c.counters.negative_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(e);
-            }
-            State::Destroyed => {
-                // Removed between our hash read and now: look again.
-                self.c.counters.restarts.fetch_add(1, Ordering::Relaxed);
-                return self.child(dir, name);
-            }
-            State::Unresolved => {}
-        }
-        {
-            let _r = e.resolve.lock().unwrap_or_else(|p| p.into_inner());
-            if e.state() == State::Unresolved {
-                self.c.counters.misses.fetch_add(1, Ordering::Relaxed);
-                let be = self.backend(dir.mount)?;
-                match be.lookup(dino, name)? {
-                    Some(a) => e.set_state(State::Positive(a)),
-                    None => {
-                        e.set_state(State::Negative);
+            {
+                let _r = e.resolve.lock().unwrap_or_else(|p| p.into_inner());
+                st = e.state();
+                // Another thread resolved it while we waited: a cached answer.
+                match st {
+                    State::Positive(_) => {
+                        self.c.counters.hits.fetch_add(1, Ordering::Relaxed);
+                    }
+                    State::Negative => {
+                        self.c.counters.negative_hits.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+                if st == State::Unresolved {
+                    self.c.counters.misses.fetch_add(1, Ordering::Relaxed);
+                    let be = self.backend(dir.mount)?;
+                    st = match be.lookup(dino, name)? {
+                        Some(a) => State::Positive(a),
+                        None => State::Negative,
+                    };
+                    e.set_state(st);
+                    if st == State::Negative {
                         self.note_negative(&e);
                     }
                 }
             }
-        }
-        match e.state() {
-            State::Positive(_) => Ok(self.cross_down(e)),
-            State::Destroyed => {
-                self.c.counters.restarts.fetch_add(1, Ordering::Relaxed);
-                self.child(dir, name)
+            match st {
+                State::Positive(_) => return Ok(self.cross_down_with(e, st)),
+                State::Negative => return Ok((e, st)),
+                _ => {
+                    self.c.counters.restarts.fetch_add(1, Ordering::Relaxed);
+                }
             }
-            _ => Ok(e),
         }
+        Err(Errno::Again)
+    }
+
+    /// [`cross_down`](Self::cross_down), keeping the state when nothing is mounted.
+    fn cross_down_with(&self, e: Arc<Entry>, st: State) -> (Arc<Entry>, State) {
+        if e.covered_by.load(Ordering::Acquire) == 0 {
+            return (e, st);
+        }
+        let e = self.cross_down(e);
+        let st = e.state();
+        (e, st)
     }
 
     fn note_negative(&self, e: &Arc<Entry>) {
@@ -679,55 +719,43 @@ impl Namecache {
     ) -> Result<(Option<Arc<Entry>>, Arc<Entry>), Errno> {
         Self::validate_path(path)?;
         let mut links = 0u32;
-        // Work list of remaining components (a symlink splices its target in).
-        let mut rest: Vec<u8> = path.to_vec();
+        // The remaining path is `path[pos..]`, or `spliced[pos..]` once a symbolic
+        // link has been spliced in (the only allocation of a walk).
+        let mut spliced: Option<Vec<u8>> = None;
+        let mut pos = 0usize;
         let mut cur =
             if path[0] == b'/' { self.c.root.clone() } else { self.cross_down(start.e.clone()) };
+        let mut cur_state = cur.state();
         let mut parent: Option<Arc<Entry>> = None;
         loop {
-            let trailing_slash = rest.ends_with(b"/");
-            let trimmed: Vec<u8> = {
-                let mut v: &[u8] = &rest;
-                while let [b'/', tail @ ..] = v {
-                    v = tail;
-                }
-                v.to_vec()
-            };
-            if trimmed.is_empty() {
-                // Path was only slashes (or we consumed everything).
-                Self::dir_ino(&cur)?;
+            let buf: &[u8] = spliced.as_deref().unwrap_or(path);
+            let rest = &buf[pos..];
+            let skip = rest.iter().take_while(|&&b| b == b'/').count();
+            let rest = &rest[skip..];
+            pos += skip;
+            if rest.is_empty() {
+                // Only slashes left (or a path of slashes).
+                dir_of(cur_state)?;
                 return Ok((parent, cur));
             }
-            let (comp, after) = match trimmed.iter().position(|&b| b == b'/') {
-                Some(i) => (trimmed[..i].to_vec(), trimmed[i..].to_vec()),
-                None => (trimmed.clone(), Vec::new()),
-            };
+            let clen = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
+            let (comp, after) = rest.split_at(clen);
             let last = after.iter().all(|&b| b == b'/');
-            check_name(&comp)?;
-            match comp.as_slice() {
+            let trailing_slash = !after.is_empty();
+            check_name(comp)?;
+            match comp {
                 b"." => {
-                    Self::dir_ino(&cur)?;
+                    dir_of(cur_state)?;
                 }
                 b".." => {
-                    Self::dir_ino(&cur)?;
+                    dir_of(cur_state)?;
                     cur = self.dotdot(&cur);
+                    cur_state = cur.state();
                     parent = None;
                 }
                 name => {
-                    // An entry destroyed between the hash lookup and here (a racing
-                    // unlink or rename) is looked up again.
-                    let mut tries = 0u32;
-                    let child = loop {
-                        let c = self.child(&cur, name)?;
-                        match c.state() {
-                            State::Destroyed | State::Unresolved if tries < RETRIES => {
-                                tries += 1;
-                                self.c.counters.restarts.fetch_add(1, Ordering::Relaxed);
-                            }
-                            _ => break c,
-                        }
-                    };
-                    match child.state() {
+                    let (child, st) = self.child(&cur, cur_state, name)?;
+                    match st {
                         State::Positive(a)
                             if a.kind == Kind::Symlink
                                 && (!last || follow_last || trailing_slash) =>
@@ -740,32 +768,31 @@ impl Namecache {
                             if target.is_empty() {
                                 return Err(Errno::NoEnt);
                             }
-                            let mut spliced = target.to_vec();
-                            spliced.extend_from_slice(&after);
-                            if spliced.len() >= PATH_MAX {
+                            let mut next = Vec::with_capacity(target.len() + after.len());
+                            next.extend_from_slice(&target);
+                            next.extend_from_slice(after);
+                            if next.len() >= PATH_MAX {
                                 return Err(Errno::NameTooLong);
                             }
                             if target[0] == b'/' {
                                 cur = self.c.root.clone();
+                                cur_state = cur.state();
                                 parent = None;
                             }
-                            rest = spliced;
+                            spliced = Some(next);
+                            pos = 0;
                             continue;
                         }
                         State::Positive(a) => {
-                            if !last && a.kind != Kind::Dir {
+                            if (!last || trailing_slash) && a.kind != Kind::Dir {
                                 return Err(Errno::NotDir);
                             }
-                            if last && trailing_slash && a.kind != Kind::Dir {
-                                return Err(Errno::NotDir);
-                            }
-                            parent = Some(cur.clone());
+                            parent = Some(cur);
                             cur = child;
+                            cur_state = st;
                         }
                         State::Negative if last => {
-                            parent = Some(cur.clone());
-                            cur = child;
-                            return Ok((parent, cur));
+                            return Ok((Some(cur), child));
                         }
                         _ => return Err(Errno::NoEnt),
                     }
@@ -774,7 +801,7 @@ impl Namecache {
             if last {
                 return Ok((parent, cur));
             }
-            rest = after;
+            pos += clen;
         }
     }
 
@@ -951,7 +978,7 @@ impl Namecache {
         }
         let e = locked.lock.ncp().e;
         let Some(a) = (Ncp { e: e.clone() }).attr() else { return Err(Errno::NoEnt) };
-        if e.mount != d.mount || e.covered_by.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+        if e.mount != d.mount || e.covered_by.load(Ordering::Acquire) != 0 {
             return Err(Errno::Busy);
         }
         let dino = Self::dir_ino(&d)?;
@@ -1014,7 +1041,7 @@ impl Namecache {
         let sdino = Self::dir_ino(&sd)?;
         let td = self.nlookup(start, tname_dir, Flags { follow: true, create: false })?.e;
         let tdino = Self::dir_ino(&td)?;
-        let src = self.child(&sd, fname)?;
+        let (src, _) = self.child(&sd, sd.state(), fname)?;
         let Some(sa) = (Ncp { e: src.clone() }).attr() else { return Err(Errno::NoEnt) };
         if from.ends_with(b"/") && sa.kind != Kind::Dir {
             return Err(Errno::NotDir);
@@ -1022,7 +1049,7 @@ impl Namecache {
         if sd.mount != td.mount {
             return Err(Errno::XDev);
         }
-        let dst = self.child(&td, tname)?;
+        let (dst, _) = self.child(&td, td.state(), tname)?;
         let da = (Ncp { e: dst.clone() }).attr();
         if to.ends_with(b"/") && sa.kind != Kind::Dir {
             return Err(Errno::NotDir);
@@ -1050,9 +1077,7 @@ impl Namecache {
         }
         for (e, dir) in [(&src, &sd), (&dst, &td)] {
             // A mount point (or a mount's root, which stands in for it) cannot move.
-            if e.mount != dir.mount
-                || e.covered_by.lock().unwrap_or_else(|p| p.into_inner()).is_some()
-            {
+            if e.mount != dir.mount || e.covered_by.load(Ordering::Acquire) != 0 {
                 return Err(Errno::Busy);
             }
         }
