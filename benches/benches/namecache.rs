@@ -270,25 +270,44 @@ impl Backend for Synthetic {
     }
 }
 
-fn resident_bytes() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = s.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
-    pages * page
+/// Live heap bytes of this process, counted by the allocator below (RSS cannot
+/// see memory reused from earlier cases' frees).
+static LIVE: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+struct Counting;
+
+// SAFETY: forwards to the system allocator unchanged; only counts sizes.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as i64, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's layout contract is passed through.
+        unsafe { std::alloc::System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        LIVE.fetch_sub(l.size() as i64, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: `p` came from `alloc` with this layout.
+        unsafe { std::alloc::System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+fn live_bytes() -> i64 {
+    LIVE.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn memory_suite(rec: &mut Recorder, mode: Mode) {
     let n = if mode == Mode::Test { 2_000 } else { 200_000 };
-    progress(&format!("namecache: memory/{n} (resident bytes per cached entry)"));
+    progress(&format!("namecache: memory/{n} (heap bytes per cached entry)"));
     let nc = Namecache::new(Arc::new(Synthetic));
     let root = nc.root();
-    let before = resident_bytes();
+    let before = live_bytes();
     for i in 0..n {
         // 20-byte names: inline.
         let _ = nc.stat(&root, format!("/entry-{i:014}").as_bytes());
     }
-    let after = resident_bytes();
+    let after = live_bytes();
     assert_eq!(nc.stats().entries as usize, n);
     let case = format!("memory/{n}");
     rec.record(&case, "dfly", "bytes_per_entry", (after - before) as f64 / n as f64, "B", true);
