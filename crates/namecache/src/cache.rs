@@ -31,7 +31,7 @@
 use core::fmt;
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 
 use smallvec::SmallVec;
@@ -118,6 +118,9 @@ pub(crate) struct Entry {
     lock: EntryLock,
     /// Generation: bumped whenever the entry's state changes.
     gen: AtomicU64,
+    /// A one-byte mirror of `state` for the lock-free hit path (see `fast_code`),
+    /// stored under the state mutex after the state itself.
+    fast: AtomicU8,
     /// A mount covering this directory, if any.
     covered_by: AtomicU64,
     symlink: Mutex<Option<Arc<[u8]>>>,
@@ -135,7 +138,10 @@ impl Entry {
     }
 
     fn set_state(&self, s: State) {
-        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = s;
+        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        *g = s;
+        self.fast.store(fast_code(s), Ordering::Release);
+        drop(g);
         self.gen.fetch_add(1, Ordering::Release);
     }
 
@@ -347,8 +353,29 @@ fn new_entry(id: u64, mount: u64, parent: Option<Arc<Entry>>, name: &[u8], st: S
         resolve: Mutex::new(()),
         lock: EntryLock::default(),
         gen: AtomicU64::new(0),
+        fast: AtomicU8::new(fast_code(st)),
         covered_by: AtomicU64::new(0),
         symlink: Mutex::new(None),
+    }
+}
+
+const F_UNRESOLVED: u8 = 0;
+const F_NEGATIVE: u8 = 1;
+const F_DESTROYED: u8 = 2;
+const F_DIR: u8 = 3;
+const F_FILE: u8 = 4;
+const F_SYMLINK: u8 = 5;
+
+fn fast_code(s: State) -> u8 {
+    match s {
+        State::Unresolved => F_UNRESOLVED,
+        State::Negative => F_NEGATIVE,
+        State::Destroyed => F_DESTROYED,
+        State::Positive(a) => match a.kind {
+            Kind::Dir => F_DIR,
+            Kind::Symlink => F_SYMLINK,
+            _ => F_FILE,
+        },
     }
 }
 
@@ -656,6 +683,9 @@ impl Namecache {
     /// `..` are their own operations, symbolic links are followed (at most 40), a
     /// trailing slash requires a directory, mounts are crossed both ways.
     pub fn nlookup(&self, start: &Ncp, path: &[u8], flags: Flags) -> Result<Ncp, Errno> {
+        if let Some(r) = self.fast_walk(start, path, flags) {
+            return r;
+        }
         for _ in 0..RETRIES {
             let (_, e) = self.walk(start, path, flags.follow)?;
             match e.state() {
@@ -669,6 +699,89 @@ impl Namecache {
             }
         }
         Err(Errno::Again)
+    }
+
+    /// The hit path: under one read lock of the topology, walk cached entries by
+    /// reference (no reference counts, no entry locks, no per-component counter
+    /// writes), reading each entry's one-byte state mirror. Anything it does not
+    /// handle (a miss, an unresolved or destroyed entry, a symlink to follow, `..`,
+    /// a mount) returns `None` and the caller takes the locked walk from the start.
+    fn fast_walk(&self, start: &Ncp, path: &[u8], flags: Flags) -> Option<Result<Ncp, Errno>> {
+        if let Err(e) = Self::validate_path(path) {
+            return Some(Err(e));
+        }
+        let t = self.c.topo.read().unwrap_or_else(|p| p.into_inner());
+        let mut cur: &Arc<Entry> = if path[0] == b'/' { &self.c.root } else { &start.e };
+        let mut code = cur.fast.load(Ordering::Acquire);
+        let mut hits = 0u64;
+        let mut key: (u64, Name) = (0, Name::new());
+        let mut rest = path;
+        loop {
+            if cur.covered_by.load(Ordering::Acquire) != 0 {
+                return None;
+            }
+            let skip = rest.iter().take_while(|&&b| b == b'/').count();
+            rest = &rest[skip..];
+            if rest.is_empty() {
+                break;
+            }
+            let clen = rest.iter().position(|&b| b == b'/').unwrap_or(rest.len());
+            let (comp, after) = rest.split_at(clen);
+            let last = after.iter().all(|&b| b == b'/');
+            let trailing = !after.is_empty();
+            if comp.len() > NAME_MAX {
+                return Some(Err(Errno::NameTooLong));
+            }
+            if code != F_DIR {
+                return None;
+            }
+            if comp == b"." {
+                rest = after;
+                continue;
+            }
+            if comp == b".." {
+                return None;
+            }
+            key.0 = cur.id;
+            key.1.clear();
+            key.1.extend_from_slice(comp);
+            let child = t.hash.get(&key)?;
+            let c = child.fast.load(Ordering::Acquire);
+            hits += 1;
+            match c {
+                F_DIR => {}
+                F_FILE if last && !trailing => {}
+                F_FILE => return Some(Err(Errno::NotDir)),
+                F_SYMLINK if last && !trailing && !flags.follow => {}
+                F_NEGATIVE if last => {
+                    self.c.counters.negative_hits.fetch_add(1, Ordering::Relaxed);
+                    self.c.counters.hits.fetch_add(hits - 1, Ordering::Relaxed);
+                    return Some(if flags.create {
+                        Ok(Ncp { e: child.clone() })
+                    } else {
+                        Err(Errno::NoEnt)
+                    });
+                }
+                F_NEGATIVE => return Some(Err(Errno::NoEnt)),
+                _ => return None,
+            }
+            cur = child;
+            code = c;
+            rest = after;
+            if last {
+                break;
+            }
+        }
+        if rest.iter().any(|&b| b != b'/')
+            || (path.ends_with(b"/") && code != F_DIR)
+            || cur.covered_by.load(Ordering::Acquire) != 0
+        {
+            return None;
+        }
+        if hits > 0 {
+            self.c.counters.hits.fetch_add(hits, Ordering::Relaxed);
+        }
+        Some(Ok(Ncp { e: cur.clone() }))
     }
 
     /// A create or rename-target lookup: the last component's entry, locked
