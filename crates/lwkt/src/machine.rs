@@ -205,27 +205,17 @@ impl Shared {
         }
     }
 
-    pub(crate) fn schedule(
+    /// Sends a thread-directed request (schedule, deschedule) to the thread's CPU.
+    pub(crate) fn ask_owner(
         &self,
         tid: ThreadId,
+        req: Request,
         from: Option<&CpuCore>,
     ) -> Result<(), ScheduleError> {
         if tid.cpu.index() >= self.ncpus {
             return Err(ScheduleError::NoSuchCpu(tid.cpu));
         }
-        self.push_request(tid.cpu, Request::Schedule(tid), from);
-        Ok(())
-    }
-
-    pub(crate) fn deschedule(
-        &self,
-        tid: ThreadId,
-        from: Option<&CpuCore>,
-    ) -> Result<(), ScheduleError> {
-        if tid.cpu.index() >= self.ncpus {
-            return Err(ScheduleError::NoSuchCpu(tid.cpu));
-        }
-        self.push_request(tid.cpu, Request::Deschedule(tid), from);
+        self.push_request(tid.cpu, req, from);
         Ok(())
     }
 
@@ -567,14 +557,14 @@ impl MachineHandle {
     /// Makes a blocked thread runnable (asynchronously).
     pub fn schedule(&self, tid: ThreadId) -> Result<(), ScheduleError> {
         let core = current_core();
-        self.shared.schedule(tid, core.as_deref())
+        self.shared.ask_owner(tid, Request::Schedule(tid), core.as_deref())
     }
 
     /// Takes a runnable thread off its run queue until it is scheduled again
     /// (asynchronously; see [`Ctx::deschedule`]).
     pub fn deschedule(&self, tid: ThreadId) -> Result<(), ScheduleError> {
         let core = current_core();
-        self.shared.deschedule(tid, core.as_deref())
+        self.shared.ask_owner(tid, Request::Deschedule(tid), core.as_deref())
     }
 
     /// A snapshot of every CPU's scheduler statistics (each CPU publishes them

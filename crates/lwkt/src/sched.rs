@@ -1024,7 +1024,7 @@ impl<'y> Ctx<'y> {
         if tid.cpu == self.core.id {
             self.core.schedule_local(tid, false)
         } else {
-            self.core.shared.schedule(tid, Some(&self.core))
+            self.core.shared.ask_owner(tid, Request::Schedule(tid), Some(&self.core))
         }
     }
 
@@ -1035,7 +1035,7 @@ impl<'y> Ctx<'y> {
         if tid.cpu == self.core.id {
             self.core.deschedule_local(tid)
         } else {
-            self.core.shared.deschedule(tid, Some(&self.core))
+            self.core.shared.ask_owner(tid, Request::Deschedule(tid), Some(&self.core))
         }
     }
 
