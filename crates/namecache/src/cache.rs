@@ -978,17 +978,23 @@ impl Namecache {
 
     /// Locks the parent directory and the last component for a change; the name
     /// must be an ordinary component.
-    fn prepare(&self, start: &Ncp, path: &[u8]) -> Result<(Arc<Entry>, Vec<u8>, Locked), Errno> {
+    fn prepare(
+        &self,
+        start: &Ncp,
+        path: &[u8],
+        special: impl Fn(&[u8]) -> Errno,
+    ) -> Result<(Arc<Entry>, Vec<u8>, Locked), Errno> {
         let (dir, name) = Self::split_last(path)?;
         if name.is_empty() || name == b"/" {
-            return Err(Errno::Exist);
-        }
-        if name == b"." || name == b".." {
-            return Err(Errno::Inval);
+            return Err(special(b"/"));
         }
         check_name(name)?;
+        // The parent is resolved first: its errors come before the name's.
         let d = self.nlookup(start, dir, Flags { follow: true, create: false })?;
         Self::dir_ino(&d.e)?;
+        if name == b"." || name == b".." {
+            return Err(special(name));
+        }
         let d = d.e;
         let locked = self.nlookup_locked(&Ncp { e: d.clone() }, name, false)?;
         Ok((d, name.to_vec(), locked))
@@ -1002,7 +1008,12 @@ impl Namecache {
         mode: u32,
         target: &[u8],
     ) -> Result<Ncp, Errno> {
-        let (d, name, locked) = self.prepare(start, path)?;
+        let (d, name, locked) = self.prepare(start, path, |_| Errno::Exist)?;
+        // As open(O_CREAT): a trailing slash on a file to create is EISDIR, whether
+        // or not the name exists.
+        if kind == Kind::File && path.ends_with(b"/") {
+            return Err(Errno::IsDir);
+        }
         if locked.exists {
             return Err(Errno::Exist);
         }
@@ -1055,7 +1066,7 @@ impl Namecache {
         if sa.kind == Kind::Dir {
             return Err(Errno::Perm);
         }
-        let (d, name, locked) = self.prepare(start, new)?;
+        let (d, name, locked) = self.prepare(start, new, |_| Errno::Exist)?;
         if locked.exists {
             return Err(Errno::Exist);
         }
@@ -1085,7 +1096,15 @@ impl Namecache {
     }
 
     fn remove_common(&self, start: &Ncp, path: &[u8], dir: bool) -> Result<(), Errno> {
-        let (d, name, locked) = self.prepare(start, path)?;
+        // unlink of `.`, `..` or `/` is EISDIR; rmdir of `.` is EINVAL, of `..`
+        // ENOTEMPTY, of `/` EBUSY (Linux).
+        let special = |n: &[u8]| match (dir, n) {
+            (false, _) => Errno::IsDir,
+            (true, b".") => Errno::Inval,
+            (true, b"..") => Errno::NotEmpty,
+            (true, _) => Errno::Busy,
+        };
+        let (d, name, locked) = self.prepare(start, path, special)?;
         if !locked.exists {
             return Err(Errno::NoEnt);
         }
@@ -1124,16 +1143,6 @@ impl Namecache {
 
     /// Removes the empty directory at `path`.
     pub fn rmdir(&self, start: &Ncp, path: &[u8]) -> Result<(), Errno> {
-        let (_, name) = Self::split_last(path)?;
-        if name == b"." {
-            return Err(Errno::Inval);
-        }
-        if name == b".." {
-            return Err(Errno::NotEmpty);
-        }
-        if name == b"/" {
-            return Err(Errno::Busy);
-        }
         self.remove_common(start, path, true)
     }
 

@@ -11,7 +11,8 @@
 //! still-held entries. [`Namecache::nlookup`] implements the path rules (`.`, `..`
 //! as its own operation, the root's `..`, symlinks up to 40, trailing slashes,
 //! `ENAMETOOLONG`, empty paths, NUL, mount crossing). Filesystems plug in through
-//! [`Backend`]; [`MemFs`] is an in-memory one.
+//! [`Backend`]; [`MemFs`] is an in-memory one and [`HostFs`] passes through to a
+//! host directory without ever leaving it.
 //!
 //! ```
 //! use dfly_namecache::{Errno, Flags, MemFs, Namecache};
@@ -32,6 +33,7 @@
 mod backend;
 mod cache;
 mod errno;
+mod hostfs;
 mod memfs;
 
 #[cfg(test)]
@@ -43,4 +45,5 @@ pub use cache::{
     NAME_MAX, PATH_MAX, SYMLINK_MAX,
 };
 pub use errno::Errno;
+pub use hostfs::HostFs;
 pub use memfs::MemFs;

@@ -508,3 +508,260 @@ fn hard_links_are_invalidated_together() {
     assert_eq!(nc.stat(&r, b"/a").unwrap().nlink, 1);
     assert_eq!(nc.link(&r, b"/", b"/c").unwrap_err(), Errno::Perm);
 }
+
+// ---- differential: the host kernel vs the namecache over the host backend ------------
+
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Mkdir(&'static str),
+    Create(&'static str),
+    Symlink(&'static str, &'static str),
+    Link(&'static str, &'static str),
+    Unlink(&'static str),
+    Rmdir(&'static str),
+    Rename(&'static str, &'static str),
+    Stat(&'static str),
+    Lstat(&'static str),
+    Readlink(&'static str),
+}
+
+/// POSIX corner cases, run in order on a fresh host directory and on the namecache
+/// over another fresh host directory.
+const CORPUS: &[Step] = {
+    use Step::*;
+    &[
+        Mkdir("d"),
+        Mkdir("d"),
+        Mkdir("d/e"),
+        Mkdir("d/."),
+        Mkdir("d/.."),
+        Mkdir("d/e/../e"),
+        Unlink("d/.."),
+        Rmdir("d/e/.."),
+        Create("d/f"),
+        Create("d/e/../f2"),
+        Unlink("d/f2"),
+        Symlink("f", "d/lf"),
+        Create("d/lf/"),
+        Mkdir("d/lf"),
+        Unlink("d/lf/"),
+        Unlink("d/lf"),
+        Create("d/f"),
+        Create("d/f/g"),
+        Mkdir("nope/x"),
+        Create("d/"),
+        Create("newf/"),
+        Mkdir("newd/"),
+        Mkdir("d//e2/"),
+        Stat("d/./e/../f"),
+        Stat("d/f/"),
+        Stat("d/f/."),
+        Stat("d/missing/x"),
+        Symlink("d", "ld"),
+        Symlink("nowhere", "dang"),
+        Symlink("d/f", "lf"),
+        Stat("ld/f"),
+        Lstat("ld"),
+        Stat("ld/"),
+        Lstat("ld/"),
+        Stat("dang"),
+        Lstat("dang"),
+        Stat("lf/"),
+        Readlink("ld"),
+        Readlink("d"),
+        Readlink("ld/"),
+        Rename("d/f", "d/e"),
+        Rename("d/e", "d/f"),
+        Rename("d", "d/e/x"),
+        Rename("d", "d/e"),
+        Rename("d/f", "d/f2"),
+        Rename("d/f2", "d/f2"),
+        Rename("d/f2", "d/f2/"),
+        Rename("d/e", "d/e2"),
+        Rename("d/e2/", "d/e3/"),
+        Rename("missing", "x"),
+        Rename("d/f2", "missing/x"),
+        Link("d/f2", "d/h"),
+        Link("d/f2", "d/h"),
+        Link("d", "d2"),
+        Link("missing", "x"),
+        Stat("d/h"),
+        Rename("d/h", "d/f2"),
+        Stat("d/h"),
+        Stat("d/f2"),
+        Unlink("d"),
+        Unlink("d/"),
+        Rmdir("d"),
+        Rmdir("d/f2"),
+        Unlink("d/f2/"),
+        Rmdir("d/e3/"),
+        Rmdir("."),
+        Rmdir("d/.."),
+        Rmdir("d/."),
+        Unlink("d/."),
+        Symlink("l2", "l1"),
+        Symlink("l1", "l2"),
+        Stat("l1"),
+        Lstat("l1"),
+        Stat("l1/x"),
+        Create("l1"),
+        Mkdir("dang"),
+        Create("dang/x"),
+        Rename("ld", "ld2"),
+        Stat("ld2/f2"),
+        Rename("ld2", "d"),
+        Rename("d", "ld2"),
+        Unlink("ld2"),
+        Stat("ld2"),
+        Mkdir("a"),
+        Mkdir("a/b"),
+        Create("a/b/c"),
+        Rename("a/b", "b"),
+        Stat("b/c"),
+        Stat("a/b/c"),
+        Rmdir("a"),
+        Stat("a"),
+        Unlink("b/c"),
+        Rename("d", "b"),
+        Rmdir("b"),
+    ]
+};
+
+fn host_step(root: &std::path::Path, s: Step) -> Result<Option<Kind>, Errno> {
+    use std::os::unix::fs::FileTypeExt as _;
+    let p = |x: &str| root.join(x);
+    let kind = |m: std::fs::Metadata| {
+        let t = m.file_type();
+        if t.is_dir() {
+            Kind::Dir
+        } else if t.is_symlink() {
+            Kind::Symlink
+        } else if t.is_file() {
+            Kind::File
+        } else {
+            let _ = t.is_fifo();
+            Kind::Other
+        }
+    };
+    let e = |r: std::io::Error| Errno::from_raw(r.raw_os_error().unwrap_or(5));
+    match s {
+        Step::Mkdir(a) => std::fs::create_dir(p(a)).map(|_| None).map_err(e),
+        Step::Create(a) => std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(p(a))
+            .map(|_| None)
+            .map_err(e),
+        Step::Symlink(t, a) => std::os::unix::fs::symlink(t, p(a)).map(|_| None).map_err(e),
+        Step::Link(a, b) => std::fs::hard_link(p(a), p(b)).map(|_| None).map_err(e),
+        Step::Unlink(a) => std::fs::remove_file(p(a)).map(|_| None).map_err(e),
+        Step::Rmdir(a) => std::fs::remove_dir(p(a)).map(|_| None).map_err(e),
+        Step::Rename(a, b) => std::fs::rename(p(a), p(b)).map(|_| None).map_err(e),
+        Step::Stat(a) => std::fs::metadata(p(a)).map(|m| Some(kind(m))).map_err(e),
+        Step::Lstat(a) => std::fs::symlink_metadata(p(a)).map(|m| Some(kind(m))).map_err(e),
+        Step::Readlink(a) => std::fs::read_link(p(a)).map(|_| Some(Kind::Symlink)).map_err(e),
+    }
+}
+
+fn nc_step(nc: &Namecache, s: Step) -> Result<Option<Kind>, Errno> {
+    let r = nc.root();
+    let p = |x: &str| {
+        let mut v = b"/".to_vec();
+        v.extend_from_slice(x.as_bytes());
+        v
+    };
+    match s {
+        Step::Mkdir(a) => nc.mkdir(&r, &p(a), 0o755).map(|_| None),
+        Step::Create(a) => nc.create(&r, &p(a), 0o644).map(|_| None),
+        Step::Symlink(t, a) => nc.symlink(&r, &p(a), t.as_bytes()).map(|_| None),
+        Step::Link(a, b) => nc.link(&r, &p(a), &p(b)).map(|_| None),
+        Step::Unlink(a) => nc.unlink(&r, &p(a)).map(|_| None),
+        Step::Rmdir(a) => nc.rmdir(&r, &p(a)).map(|_| None),
+        Step::Rename(a, b) => nc.rename(&r, &p(a), &p(b)).map(|_| None),
+        Step::Stat(a) => nc.stat(&r, &p(a)).map(|a| Some(a.kind)),
+        Step::Lstat(a) => nc.lstat(&r, &p(a)).map(|a| Some(a.kind)),
+        Step::Readlink(a) => nc.readlink(&r, &p(a)).map(|_| Some(Kind::Symlink)),
+    }
+}
+
+fn scratch_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "dfly-nc-{tag}-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn posix_corpus_matches_the_host_kernel() {
+    let host = scratch_dir("host");
+    let mine = scratch_dir("mine");
+    let nc = Namecache::new(Arc::new(HostFs::open(&mine).unwrap()));
+    let mut diffs = Vec::new();
+    for (i, &s) in CORPUS.iter().enumerate() {
+        let want = host_step(&host, s);
+        let got = nc_step(&nc, s);
+        if want != got {
+            diffs.push(format!("step {i} {s:?}: host {want:?}, namecache {got:?}"));
+        }
+    }
+    // And the trees end up the same.
+    let list = |d: &std::path::Path| {
+        let mut v: Vec<String> = walk_host(d, d);
+        v.sort();
+        v
+    };
+    assert_eq!(list(&host), list(&mine), "final trees differ");
+    let _ = std::fs::remove_dir_all(&host);
+    let _ = std::fs::remove_dir_all(&mine);
+    assert!(diffs.is_empty(), "{} differences:\n{}", diffs.len(), diffs.join("\n"));
+}
+
+fn walk_host(base: &std::path::Path, d: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(d) {
+        for e in rd.flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(base).unwrap().to_string_lossy().into_owned();
+            let ft = e.file_type().unwrap();
+            out.push(format!(
+                "{rel}:{}",
+                if ft.is_dir() {
+                    "d"
+                } else if ft.is_symlink() {
+                    "l"
+                } else {
+                    "f"
+                }
+            ));
+            if ft.is_dir() {
+                out.extend(walk_host(base, &p));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn host_backend_stays_inside_its_root() {
+    let outer = scratch_dir("outer");
+    std::fs::write(outer.join("secret"), b"x").unwrap();
+    let inner = outer.join("jail");
+    std::fs::create_dir(&inner).unwrap();
+    let nc = Namecache::new(Arc::new(HostFs::open(&inner).unwrap()));
+    let r = nc.root();
+    assert_eq!(nc.stat(&r, b"/../secret").unwrap_err(), Errno::NoEnt);
+    assert_eq!(nc.stat(&r, b"../../secret").unwrap_err(), Errno::NoEnt);
+    // Symlinks are resolved by the namecache against its own root.
+    std::os::unix::fs::symlink("../secret", inner.join("up")).unwrap();
+    std::os::unix::fs::symlink("/secret", inner.join("abs")).unwrap();
+    assert_eq!(nc.stat(&r, b"/up").unwrap_err(), Errno::NoEnt);
+    assert_eq!(nc.stat(&r, b"/abs").unwrap_err(), Errno::NoEnt);
+    std::fs::write(inner.join("secret"), b"inside").unwrap();
+    nc.invalidate_children(&r);
+    assert_eq!(nc.stat(&r, b"/abs").unwrap().kind, Kind::File, "absolute means the jail's root");
+    let _ = std::fs::remove_dir_all(&outer);
+}
