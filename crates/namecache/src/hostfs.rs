@@ -269,9 +269,9 @@ impl Backend for HostFs {
                 Mode::empty(),
             )
             .map_err(errno)?;
-            let mut it = rustix::fs::Dir::read_from(&d).map_err(errno)?;
+            let it = rustix::fs::Dir::read_from(&d).map_err(errno)?;
             let mut out = Vec::new();
-            while let Some(ent) = it.next() {
+            for ent in it {
                 let ent = ent.map_err(errno)?;
                 let n = ent.file_name().to_bytes();
                 if n != b"." && n != b".." {
