@@ -1,57 +1,82 @@
-//! The namecache: connected (parent, name) entries over one or more backends.
+//! The namecache: connected (parent, name) entries over one or more backends, and
+//! path lookup.
 //!
 //! # Structure
-//! Every entry has a parent (the root's is none) and a name; a child holds a strong
-//! reference to its parent, so every live entry's parent chain reaches the root.
-//! Entries are found by a keyed (SipHash, random keys) hash of (parent id, name).
-//! An entry is *unresolved* (the backend has not been asked), *positive* (it names
-//! a file: its attributes are cached), *negative* (the name does not exist) or
-//! *destroyed* (removed or replaced: it stays in its parent chain while referenced,
-//! so `fullpath` still works, but it is out of the hash and never resolved again).
+//! Entries live in the slot arena of [`crate::slots`]; a handle ([`Ncp`]) is a slot
+//! index plus a counted reference. Every entry but the root has a parent and holds
+//! one reference on it, so every live entry's parent chain reaches the root and a
+//! parent is never freed under a child. Entries are found by a keyed (SipHash,
+//! random keys) hash of (parent, name). An entry is *unresolved* (the backend has
+//! not been asked), *positive* (it names a file; its attributes are cached),
+//! *negative* (the name does not exist; stamped with the negative generation) or
+//! *destroyed* (removed or replaced: out of the index, never resolved again, but it
+//! keeps its parent link while referenced, so `fullpath` still works).
+//!
+//! # The hit path
+//! [`Namecache::nlookup`] and [`Namecache::stat`] first try `fast_walk`: it reads
+//! the global rename sequence, then for each component hashes (parent, name),
+//! probes the index and checks the candidate slot's parent, name and state under
+//! the slot's seqlock, re-checking the directory's own sequence after each step (a
+//! ladder of snapshots), and at the end re-reads the rename sequence. It writes
+//! nothing shared: no lock, no reference count, no statistics line other than the
+//! calling thread's own counter stripe. Only the final entry of an `nlookup` is
+//! pinned (one `fetch_add` on that entry's count, then a sequence re-check); `stat`
+//! copies the attributes out and pins nothing. Anything else (a miss, an unresolved
+//! or destroyed entry, `..`, a symlink to follow, a mount, a long name, a
+//! concurrent change) falls back to the locked walk.
 //!
 //! # Locks and who writes what
-//! - `Cache::topo` (RwLock): the hash and every entry's (parent, name) link. Lookups
-//!   read it; create, remove, rename and eviction write it. Writers never call the
-//!   backend while holding it.
-//! - `Entry::state` (Mutex): the resolution state, written only by the thread that
-//!   holds the entry's resolve lock.
-//! - `Entry::resolve` (Mutex): held while asking the backend about the entry, so N
-//!   threads missing one name make one backend call; the others wait on it and read
-//!   the result.
-//! - `Entry::lock`: the user-visible shared/exclusive entry lock, valid on every
-//!   state: a thread holding a *negative* entry exclusively reserves that name, and
-//!   namespace changes take the affected entries exclusively (lower id first).
-//! - `Cache::rename_lock`: one rename at a time, so the "not into its own subtree"
-//!   check and the relink see a stable tree.
+//! - `Cache::topo` (mutex): every slot field write (see `slots`), the index, the
+//!   free list and the eviction queues. Never held across a backend call or while
+//!   waiting for an entry lock; handles are not dropped under it (a drop that would
+//!   free a slot queues it on `reap_q`, drained by the next holder).
+//! - The entry lock (`Slot::lock`): shared/exclusive, valid in every state: a thread
+//!   holding a *negative* entry exclusively reserves the name. Namespace changes
+//!   take the affected entries exclusively (lower index first) before calling the
+//!   backend. The *resolving* bit in the same word makes one thread ask the backend
+//!   about an unresolved entry while the others wait: one backend call per miss.
+//! - `Cache::rename_lock`: one rename or mount at a time, so the "not into its own
+//!   subtree" check and the relink see a stable tree. `rename_seq` is odd while a
+//!   relink is being written, so optimistic walks that overlap one retry.
 //!
-//! Must never happen: two entries in the hash with the same (parent, name); a
-//! destroyed entry matching a lookup; an entry freed while a child or a handle still
-//! refers to it; a lookup climbing out of a backend's root with `..`.
+//! Lock order: `rename_lock`, entry locks (lower index first), `topo`, then the
+//! small leaf mutexes (`reap_q`, `long_names`, `symlinks`, `mounts`).
+//!
+//! Must never happen: two indexed entries with the same (parent, name); a destroyed
+//! entry matching a lookup; a slot freed while a handle, a lock or a child refers to
+//! it; a lookup climbing out of a backend's root with `..`; a backend call made
+//! under `topo`.
 
 use core::fmt;
-use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
+use std::collections::{HashMap, HashSet, VecDeque};
 
-use smallvec::SmallVec;
+use dfly_core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use dfly_core::sync::{Arc, Condvar, Mutex, MutexGuard};
+use dfly_core::CachePadded;
 
 use crate::backend::{Attr, Backend, Ino, Kind};
+use crate::slots::*;
 use crate::Errno;
 
 /// Names up to this many bytes are stored inline in the entry.
-pub const INLINE_NAME: usize = 32;
+pub const INLINE_NAME: usize = INLINE;
 /// Longest component (bytes).
 pub const NAME_MAX: usize = 255;
 /// Longest path (bytes, counting the terminating NUL a C caller would add).
 pub const PATH_MAX: usize = 4096;
 /// Most symbolic links followed in one lookup.
 pub const SYMLINK_MAX: u32 = 40;
-/// Restarts of one step before a lookup gives up with `Again` (only under a
+/// Default cap on resident negative entries.
+pub const DEFAULT_NEGATIVE_CAP: usize = 65_536;
+/// Default cap on resident positive entries (leaves are evicted beyond it).
+pub const DEFAULT_ENTRY_CAP: usize = 1 << 22;
+/// Restarts of one step before an operation gives up with `Again` (only under a
 /// pathological storm of concurrent changes to the same names).
-const RETRIES: u32 = 1000;
+pub(crate) const RETRIES: u32 = 1000;
 
-type Name = SmallVec<[u8; INLINE_NAME]>;
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum State {
@@ -61,176 +86,266 @@ pub(crate) enum State {
     Destroyed,
 }
 
-#[derive(Debug)]
-struct Link {
-    parent: Option<Arc<Entry>>,
-    name: Name,
+fn kind_code(k: Kind) -> u32 {
+    match k {
+        Kind::Dir => C_DIR,
+        Kind::File => C_FILE,
+        Kind::Symlink => C_SYMLINK,
+        Kind::Other => C_OTHER,
+    }
+}
+
+pub(crate) fn attr_of(s: &Snap) -> Option<Attr> {
+    let kind = match s.code() {
+        C_DIR => Kind::Dir,
+        C_FILE => Kind::File,
+        C_SYMLINK => Kind::Symlink,
+        C_OTHER => Kind::Other,
+        _ => return None,
+    };
+    Some(Attr { ino: s.ino, kind, nlink: s.nlink, size: s.size, mode: s.mode })
+}
+
+/// Limits on what the cache keeps (see [`Namecache::with_limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Resident negative entries; trimmed back to this when it is exceeded by 1/8.
+    pub negative: usize,
+    /// Resident negative entries under one directory (same hysteresis).
+    pub negative_per_parent: usize,
+    /// Resident positive and unresolved entries; unreferenced leaves are evicted
+    /// (oldest first) when this is exceeded by 1/8.
+    pub entries: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            negative: DEFAULT_NEGATIVE_CAP,
+            negative_per_parent: DEFAULT_NEGATIVE_CAP / 8,
+            entries: DEFAULT_ENTRY_CAP,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
-struct LockState {
-    readers: u32,
-    writer: bool,
+struct Stripe {
+    hits: AtomicU64,
+    negative_hits: AtomicU64,
+    misses: AtomicU64,
+    restarts: AtomicU64,
+    evictions: AtomicU64,
 }
 
-/// The user-visible shared/exclusive lock of an entry.
+pub(crate) struct Mount {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) root: u32,
+    /// The covered directory (None for the namecache's root mount).
+    pub(crate) over: Option<u32>,
+}
+
 #[derive(Debug, Default)]
-struct EntryLock {
-    st: Mutex<LockState>,
-    cv: Condvar,
+struct ParentNeg {
+    live: usize,
+    q: VecDeque<(u32, u32)>,
 }
 
-impl EntryLock {
-    fn lock(&self, exclusive: bool) {
-        let mut g = self.st.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            let free = if exclusive { !g.writer && g.readers == 0 } else { !g.writer };
-            if free {
-                if exclusive {
-                    g.writer = true;
-                } else {
-                    g.readers += 1;
-                }
-                return;
-            }
-            g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
-        }
-    }
+#[derive(Debug, Default)]
+pub(crate) struct Topo {
+    next: u32,
+    free: Vec<u32>,
+    idx: IndexCounts,
+    negatives: usize,
+    /// Negative entries as (slot, seq when it became negative), oldest first.
+    neg_order: VecDeque<(u32, u32)>,
+    per_parent: HashMap<u32, ParentNeg>,
+    /// Slots that became positive, oldest first (stale records are skipped).
+    pos_order: VecDeque<u32>,
+}
 
-    fn unlock(&self, exclusive: bool) {
-        let mut g = self.st.lock().unwrap_or_else(|p| p.into_inner());
-        if exclusive {
-            g.writer = false;
-        } else {
-            g.readers = g.readers.saturating_sub(1);
-        }
-        drop(g);
-        self.cv.notify_all();
+impl Topo {
+    /// Slots handed out so far (every index below is addressable).
+    pub(crate) fn next(&self) -> u32 {
+        self.next
     }
 }
 
-pub(crate) struct Entry {
-    id: u64,
-    mount: u64,
-    link: RwLock<Link>,
-    state: Mutex<State>,
-    resolve: Mutex<()>,
-    lock: EntryLock,
-    /// Generation: bumped whenever the entry's state changes.
-    gen: AtomicU64,
-    /// A one-byte mirror of `state` for the lock-free hit path (see `fast_code`),
-    /// stored under the state mutex after the state itself.
-    fast: AtomicU8,
-    /// A mount covering this directory, if any.
-    covered_by: AtomicU64,
-    symlink: Mutex<Option<Arc<[u8]>>>,
+/// Symbolic link targets by slot, with the slot sequence they were read at.
+pub(crate) type LinkCache = HashMap<u32, (u32, Arc<[u8]>)>;
+
+pub(crate) struct Cache {
+    pub(crate) arena: Arena,
+    pub(crate) index: Index,
+    pub(crate) topo: Mutex<Topo>,
+    reap_q: Mutex<Vec<u32>>,
+    pub(crate) rename_seq: AtomicU32,
+    pub(crate) neg_gen: AtomicU32,
+    pub(crate) mounts: Mutex<HashMap<u32, Mount>>,
+    pub(crate) next_mount: AtomicU32,
+    pub(crate) rename_lock: Mutex<()>,
+    long_names: Mutex<HashMap<u32, Box<[u8]>>>,
+    pub(crate) symlinks: Mutex<LinkCache>,
+    waits: Box<[(Mutex<()>, Condvar)]>,
+    stripes: Box<[CachePadded<Stripe>]>,
+    pub(crate) limits: Limits,
+    pub(crate) root: u32,
 }
 
-impl fmt::Debug for Entry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Entry").field("id", &self.id).finish_non_exhaustive()
-    }
+/// One reference stripe: handles made by one group of threads count their
+/// references to the cache here, not on one shared counter.
+struct Handle {
+    c: Arc<Cache>,
 }
 
-impl Entry {
-    fn state(&self) -> State {
-        *self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn set_state(&self, s: State) {
-        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        *g = s;
-        self.fast.store(fast_code(s), Ordering::Release);
-        drop(g);
-        self.gen.fetch_add(1, Ordering::Release);
-    }
-
-    fn parent(&self) -> Option<Arc<Entry>> {
-        self.link.read().unwrap_or_else(|p| p.into_inner()).parent.clone()
-    }
-
-    fn name(&self) -> Name {
-        self.link.read().unwrap_or_else(|p| p.into_inner()).name.clone()
-    }
-}
-
-/// A held reference to a namecache entry (DragonFly's `nchandle`/`ncp`): it keeps
-/// the entry and its whole parent chain alive, and stays valid across renames of
-/// any of them.
-#[derive(Clone)]
+/// A held reference to a namecache entry (DragonFly's `ncp` in a `nchandle`): it
+/// keeps the entry and its whole parent chain alive, and stays valid across renames
+/// of any of them. Cloning and dropping change the entry's reference count.
 pub struct Ncp {
-    e: Arc<Entry>,
+    r: Arc<CachePadded<Handle>>,
+    pub(crate) idx: u32,
 }
-
-impl fmt::Debug for Ncp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ncp").field("id", &self.e.id).field("state", &self.e.state()).finish()
-    }
-}
-
-impl PartialEq for Ncp {
-    fn eq(&self, other: &Ncp) -> bool {
-        Arc::ptr_eq(&self.e, &other.e)
-    }
-}
-
-impl Eq for Ncp {}
 
 impl Ncp {
+    pub(crate) fn c(&self) -> &Cache {
+        &self.r.c
+    }
+
+    pub(crate) fn slot(&self) -> &Slot {
+        self.r.c.arena.get(self.idx)
+    }
+
+    pub(crate) fn snap(&self) -> Snap {
+        self.c().snap(self.idx)
+    }
+
+    pub(crate) fn state(&self) -> State {
+        self.c().state_of(&self.snap())
+    }
+
+    /// A handle on another slot through the same stripe; the caller has already
+    /// counted the reference.
+    pub(crate) fn sibling(&self, idx: u32) -> Ncp {
+        Ncp { r: self.r.clone(), idx }
+    }
+
+    /// Pins `idx`, which the caller knows cannot be freed meanwhile (it holds a
+    /// child of it, holds `topo`, or it is a mount root).
+    pub(crate) fn pin(&self, idx: u32) -> Ncp {
+        self.c().arena.get(idx).refs.fetch_add(1, Ordering::Relaxed);
+        self.sibling(idx)
+    }
+
+    /// Pins `idx` if it still is what `seq` said (see the pin protocol in `slots`).
+    pub(crate) fn try_pin(&self, idx: u32, seq: u32) -> Option<Ncp> {
+        let s = self.c().arena.get(idx);
+        s.refs.fetch_add(1, Ordering::SeqCst);
+        let n = self.sibling(idx);
+        (s.seq.load(Ordering::SeqCst) == seq).then_some(n)
+    }
+
+    /// The parent entry (pinned), or `None` for the root and mount roots' owner.
+    pub(crate) fn parent(&self) -> Option<Ncp> {
+        loop {
+            let s = self.snap();
+            if s.parent == NIL {
+                return None;
+            }
+            if let Some(p) = self.try_pin_parent(s.parent, s.seq) {
+                return Some(p);
+            }
+        }
+    }
+
+    fn try_pin_parent(&self, p: u32, child_seq: u32) -> Option<Ncp> {
+        let ps = self.c().arena.get(p);
+        ps.refs.fetch_add(1, Ordering::SeqCst);
+        let n = self.sibling(p);
+        (self.slot().seq.load(Ordering::SeqCst) == child_seq).then_some(n)
+    }
+
     /// The cached attributes, if the entry is positive.
     pub fn attr(&self) -> Option<Attr> {
-        match self.e.state() {
-            State::Positive(a) => Some(a),
-            _ => None,
-        }
+        attr_of(&self.snap())
     }
 
     /// True if the entry names nothing (a negative entry: typically one returned
     /// locked for a create).
     pub fn is_negative(&self) -> bool {
-        self.e.state() == State::Negative
+        self.snap().code() == C_NEGATIVE
     }
 
     /// True if the entry was removed or replaced while this handle held it.
     pub fn is_destroyed(&self) -> bool {
-        self.e.state() == State::Destroyed
+        self.snap().code() == C_DESTROYED
     }
 
     /// The entry's current name.
     pub fn name(&self) -> Vec<u8> {
-        self.e.name().to_vec()
+        self.c().name_of(self.idx).1
     }
 
-    /// The entry's generation (changes whenever its state changes).
+    /// The entry's generation: changes whenever its state, name or parent changes.
     pub fn generation(&self) -> u64 {
-        self.e.gen.load(Ordering::Acquire)
+        u64::from(self.snap().seq / 2)
     }
 
     /// Locks the entry shared or exclusive (any state, negative included: an
     /// exclusive lock on a negative entry reserves its name). The guard unlocks.
     pub fn lock(&self, exclusive: bool) -> NcLock {
-        self.e.lock.lock(exclusive);
-        NcLock { e: self.e.clone(), exclusive }
+        self.c().lock_entry(self.idx, exclusive);
+        NcLock { n: self.clone(), exclusive }
+    }
+}
+
+impl Clone for Ncp {
+    fn clone(&self) -> Ncp {
+        self.pin(self.idx)
+    }
+}
+
+impl Drop for Ncp {
+    fn drop(&mut self) {
+        let s = self.slot();
+        if s.refs.fetch_sub(1, Ordering::SeqCst) == 1
+            && s.meta.load(Ordering::Relaxed) & 0xff == C_DESTROYED
+        {
+            self.r.c.queue_reap(self.idx);
+        }
+    }
+}
+
+impl PartialEq for Ncp {
+    fn eq(&self, other: &Ncp) -> bool {
+        self.idx == other.idx && Arc::ptr_eq(&self.r.c, &other.r.c)
+    }
+}
+
+impl Eq for Ncp {}
+
+impl fmt::Debug for Ncp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ncp").field("slot", &self.idx).field("state", &self.state()).finish()
     }
 }
 
 /// A held entry lock; unlocks on drop.
 #[derive(Debug)]
 pub struct NcLock {
-    e: Arc<Entry>,
+    n: Ncp,
     exclusive: bool,
 }
 
 impl NcLock {
     /// The entry this lock is on.
     pub fn ncp(&self) -> Ncp {
-        Ncp { e: self.e.clone() }
+        self.n.clone()
     }
 }
 
 impl Drop for NcLock {
     fn drop(&mut self) {
-        self.e.lock.unlock(self.exclusive);
+        let ex = self.exclusive;
+        self.n.c().unlock_entry(self.n.idx, move |w| if ex { w & !L_WRITER } else { w - 1 });
     }
 }
 
@@ -243,7 +358,7 @@ pub struct FullPath {
     pub deleted: bool,
 }
 
-/// Counters (relaxed; read with [`Namecache::stats`]).
+/// Counters (read with [`Namecache::stats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NcStats {
     /// Components answered by a positive cached entry.
@@ -252,47 +367,16 @@ pub struct NcStats {
     pub negative_hits: u64,
     /// Components that needed the backend.
     pub misses: u64,
-    /// Lookups restarted (an entry changed under them).
+    /// Lookups or renames restarted (an entry changed under them).
     pub restarts: u64,
     /// Entries dropped by the limits.
     pub evictions: u64,
     /// Negative entries resident now.
     pub negatives: u64,
-    /// Entries in the hash now.
+    /// Entries in the index now.
     pub entries: u64,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    hits: AtomicU64,
-    negative_hits: AtomicU64,
-    misses: AtomicU64,
-    restarts: AtomicU64,
-    evictions: AtomicU64,
-}
-
-struct Mount {
-    backend: Arc<dyn Backend>,
-    root: Arc<Entry>,
-    /// The covered directory (None for the namecache's root mount).
-    over: Option<Weak<Entry>>,
-}
-
-struct Topo {
-    hash: HashMap<(u64, Name), Arc<Entry>, RandomState>,
-    negatives: usize,
-    /// Negative entries in insertion order, for the cap (oldest first).
-    neg_order: std::collections::VecDeque<Weak<Entry>>,
-}
-
-struct Cache {
-    topo: RwLock<Topo>,
-    mounts: RwLock<HashMap<u64, Mount>>,
-    next_id: AtomicU64,
-    root: Arc<Entry>,
-    rename_lock: Mutex<()>,
-    counters: Counters,
-    neg_cap: usize,
+    /// Bytes held by entry slots and the index.
+    pub bytes: u64,
 }
 
 /// Lookup options for [`Namecache::nlookup`].
@@ -300,13 +384,14 @@ struct Cache {
 pub struct Flags {
     /// Follow a symbolic link in the last component.
     pub follow: bool,
-    /// The last component may be missing: return its (negative) entry, locked
-    /// exclusively, instead of `NoEnt` (create and rename-target lookups).
+    /// The last component may be missing: return its (negative) entry instead of
+    /// `NoEnt` (create and rename-target lookups; [`Namecache::nlookup_locked`]
+    /// returns it locked).
     pub create: bool,
 }
 
-/// The result of an `nlookup` with [`Flags::create`]: the entry, locked
-/// exclusively, and whether it exists.
+/// The result of [`Namecache::nlookup_locked`]: the entry, locked exclusively, and
+/// whether it exists.
 #[derive(Debug)]
 pub struct Locked {
     /// The exclusive lock on the entry (its handle is `lock.ncp()`).
@@ -332,7 +417,8 @@ pub struct Locked {
 /// ```
 #[derive(Clone)]
 pub struct Namecache {
-    c: Arc<Cache>,
+    pub(crate) c: Arc<Cache>,
+    handles: Arc<[Arc<CachePadded<Handle>>]>,
 }
 
 impl fmt::Debug for Namecache {
@@ -341,45 +427,9 @@ impl fmt::Debug for Namecache {
     }
 }
 
-/// Default cap on resident negative entries.
-pub const DEFAULT_NEGATIVE_CAP: usize = 65_536;
+const STRIPES: usize = 16;
 
-fn new_entry(id: u64, mount: u64, parent: Option<Arc<Entry>>, name: &[u8], st: State) -> Entry {
-    Entry {
-        id,
-        mount,
-        link: RwLock::new(Link { parent, name: Name::from_slice(name) }),
-        state: Mutex::new(st),
-        resolve: Mutex::new(()),
-        lock: EntryLock::default(),
-        gen: AtomicU64::new(0),
-        fast: AtomicU8::new(fast_code(st)),
-        covered_by: AtomicU64::new(0),
-        symlink: Mutex::new(None),
-    }
-}
-
-const F_UNRESOLVED: u8 = 0;
-const F_NEGATIVE: u8 = 1;
-const F_DESTROYED: u8 = 2;
-const F_DIR: u8 = 3;
-const F_FILE: u8 = 4;
-const F_SYMLINK: u8 = 5;
-
-fn fast_code(s: State) -> u8 {
-    match s {
-        State::Unresolved => F_UNRESOLVED,
-        State::Negative => F_NEGATIVE,
-        State::Destroyed => F_DESTROYED,
-        State::Positive(a) => match a.kind {
-            Kind::Dir => F_DIR,
-            Kind::Symlink => F_SYMLINK,
-            _ => F_FILE,
-        },
-    }
-}
-
-fn dir_of(st: State) -> Result<Ino, Errno> {
+pub(crate) fn dir_of(st: State) -> Result<Ino, Errno> {
     match st {
         State::Positive(a) if a.kind == Kind::Dir => Ok(a.ino),
         State::Positive(_) => Err(Errno::NotDir),
@@ -387,7 +437,7 @@ fn dir_of(st: State) -> Result<Ino, Errno> {
     }
 }
 
-fn check_name(name: &[u8]) -> Result<(), Errno> {
+pub(crate) fn check_name(name: &[u8]) -> Result<(), Errno> {
     if name.len() > NAME_MAX {
         Err(Errno::NameTooLong)
     } else {
@@ -395,15 +445,501 @@ fn check_name(name: &[u8]) -> Result<(), Errno> {
     }
 }
 
+impl Cache {
+    /// A consistent read of slot `idx` (see [`Slot::read_with`]). Under `topo` it
+    /// never waits: no other writer can be inside.
+    pub(crate) fn snap(&self, idx: u32) -> Snap {
+        self.arena.get(idx).read_with(|| drop(lock(&self.topo)))
+    }
+
+    fn stripe(&self) -> &Stripe {
+        &self.stripes[stripe() % self.stripes.len()]
+    }
+
+    pub(crate) fn count_restart(&self) {
+        self.stripe().restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn state_of(&self, s: &Snap) -> State {
+        match s.code() {
+            C_NEGATIVE if s.ino as u32 == self.neg_gen.load(Ordering::Acquire) => State::Negative,
+            C_NEGATIVE | C_UNRESOLVED | C_FREE => State::Unresolved,
+            C_DESTROYED => State::Destroyed,
+            _ => attr_of(s).map_or(State::Unresolved, State::Positive),
+        }
+    }
+
+    /// The topology mutex, after freeing slots whose last handle went away.
+    pub(crate) fn topo(&self) -> MutexGuard<'_, Topo> {
+        let mut t = lock(&self.topo);
+        self.drain_reaps(&mut t);
+        t
+    }
+
+    fn drain_reaps(&self, t: &mut Topo) {
+        let q = std::mem::take(&mut *lock(&self.reap_q));
+        for idx in q {
+            self.reap_locked(t, idx);
+        }
+    }
+
+    fn queue_reap(&self, idx: u32) {
+        lock(&self.reap_q).push(idx);
+        if let Ok(mut t) = self.topo.try_lock() {
+            self.drain_reaps(&mut t);
+        }
+    }
+
+    /// Frees destroyed, unreferenced `idx`, then its parent if that was the last
+    /// reference to a destroyed parent, and so on up.
+    fn reap_locked(&self, t: &mut Topo, idx: u32) {
+        let mut idx = idx;
+        loop {
+            let s = self.arena.get(idx);
+            let m = s.meta.load(Ordering::Relaxed);
+            if m & 0xff != C_DESTROYED || m & F_HASHED != 0 {
+                return;
+            }
+            s.begin_write();
+            if s.refs.load(Ordering::SeqCst) != 0 {
+                s.end_write();
+                return;
+            }
+            let parent = s.parent.load(Ordering::Relaxed);
+            s.parent.store(NIL, Ordering::Relaxed);
+            s.set_meta(C_FREE, 0, 0);
+            s.end_write();
+            self.release_slot(t, idx);
+            if parent == NIL {
+                return;
+            }
+            let p = self.arena.get(parent);
+            if p.refs.fetch_sub(1, Ordering::SeqCst) != 1 {
+                return;
+            }
+            idx = parent;
+        }
+    }
+
+    fn release_slot(&self, t: &mut Topo, idx: u32) {
+        lock(&self.long_names).remove(&idx);
+        lock(&self.symlinks).remove(&idx);
+        t.free.push(idx);
+    }
+
+    /// Makes a new entry (mutex held). `hashed` entries go into the index.
+    pub(crate) fn alloc_locked(
+        &self,
+        t: &mut Topo,
+        parent: u32,
+        name: &[u8],
+        mount: u32,
+        st: State,
+        hashed: bool,
+    ) -> Result<u32, Errno> {
+        let idx = match t.free.pop() {
+            Some(i) => i,
+            None => {
+                if t.next >= MAX_SLOTS {
+                    return Err(Errno::NoSpc);
+                }
+                let i = t.next;
+                t.next += 1;
+                self.arena.ensure(i);
+                i
+            }
+        };
+        let s = self.arena.get(idx);
+        s.begin_write();
+        s.parent.store(parent, Ordering::Relaxed);
+        s.mount.store(mount, Ordering::Relaxed);
+        s.covered_by.store(0, Ordering::Relaxed);
+        s.set_name(name);
+        self.write_state(s, st, name.len(), if hashed { F_HASHED } else { 0 });
+        s.end_write();
+        if name.len() > INLINE {
+            lock(&self.long_names).insert(idx, name.into());
+        }
+        if parent != NIL {
+            self.arena.get(parent).refs.fetch_add(1, Ordering::Relaxed);
+        }
+        if hashed {
+            let h = self.index.hash(parent, name);
+            self.index.insert(&mut t.idx, h, idx, |i| self.rehash(i));
+            self.after_state(t, idx, None, st);
+        }
+        Ok(idx)
+    }
+
+    /// The hash of an indexed slot (mutex held).
+    fn rehash(&self, i: u32) -> u64 {
+        let (p, n) = self.name_of(i);
+        self.index.hash(p, &n)
+    }
+
+    /// (parent, name) of a slot, consistent with each other.
+    pub(crate) fn name_of(&self, idx: u32) -> (u32, Vec<u8>) {
+        let s = self.arena.get(idx);
+        loop {
+            let a = self.snap(idx);
+            let name = if a.len() <= INLINE {
+                unpack(&a.words, a.len())
+            } else {
+                match lock(&self.long_names).get(&idx) {
+                    Some(n) => n.to_vec(),
+                    None => unpack(&a.words, INLINE),
+                }
+            };
+            if s.seq.load(Ordering::Acquire) == a.seq {
+                return (a.parent, name);
+            }
+        }
+    }
+
+    fn write_state(&self, s: &Slot, st: State, len: usize, flags: u32) {
+        let (code, a) = match st {
+            State::Unresolved => (C_UNRESOLVED, None),
+            State::Negative => (C_NEGATIVE, None),
+            State::Destroyed => (C_DESTROYED, None),
+            State::Positive(a) => (kind_code(a.kind), Some(a)),
+        };
+        s.set_meta(code, len, flags);
+        match a {
+            Some(a) => {
+                s.ino.store(a.ino, Ordering::Relaxed);
+                s.size.store(a.size, Ordering::Relaxed);
+                s.nlink.store(a.nlink, Ordering::Relaxed);
+                s.mode.store(a.mode, Ordering::Relaxed);
+            }
+            None => {
+                let stamp =
+                    if code == C_NEGATIVE { self.neg_gen.load(Ordering::Acquire) } else { 0 };
+                s.ino.store(u64::from(stamp), Ordering::Relaxed);
+                s.size.store(0, Ordering::Relaxed);
+                s.nlink.store(0, Ordering::Relaxed);
+                s.mode.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Sets the state of `idx` (mutex held) and keeps the counts and queues.
+    pub(crate) fn set_state_locked(&self, t: &mut Topo, idx: u32, st: State) {
+        let s = self.arena.get(idx);
+        let old = self.snap(idx);
+        s.begin_write();
+        let flags = if st == State::Destroyed { 0 } else { old.meta & F_HASHED };
+        self.write_state(s, st, old.len(), flags);
+        s.end_write();
+        if old.code() == C_SYMLINK || st == State::Destroyed {
+            lock(&self.symlinks).remove(&idx);
+        }
+        if old.hashed() {
+            if st == State::Destroyed {
+                self.index.remove(&mut t.idx, self.rehash_snap(idx, &old), idx);
+            }
+            self.after_state(t, idx, Some(old), st);
+        }
+    }
+
+    fn rehash_snap(&self, idx: u32, old: &Snap) -> u64 {
+        let name = if old.len() <= INLINE {
+            unpack(&old.words, old.len())
+        } else {
+            lock(&self.long_names).get(&idx).map(|n| n.to_vec()).unwrap_or_default()
+        };
+        self.index.hash(old.parent, &name)
+    }
+
+    /// Counts and queues after a state change of an indexed entry.
+    fn after_state(&self, t: &mut Topo, idx: u32, old: Option<Snap>, st: State) {
+        let s = self.arena.get(idx);
+        let parent = s.parent.load(Ordering::Relaxed);
+        if old.is_some_and(|o| o.code() == C_NEGATIVE) {
+            Self::neg_dec(t, parent);
+        }
+        match st {
+            State::Negative => {
+                let seq = s.seq.load(Ordering::Relaxed);
+                t.negatives += 1;
+                t.neg_order.push_back((idx, seq));
+                let pn = t.per_parent.entry(parent).or_default();
+                pn.live += 1;
+                pn.q.push_back((idx, seq));
+                self.trim_negatives(t, parent);
+            }
+            State::Positive(_) => {
+                t.pos_order.push_back(idx);
+                self.trim_positives(t);
+            }
+            _ => {}
+        }
+    }
+
+    fn neg_dec(t: &mut Topo, parent: u32) {
+        t.negatives = t.negatives.saturating_sub(1);
+        if let Some(pn) = t.per_parent.get_mut(&parent) {
+            pn.live = pn.live.saturating_sub(1);
+            if pn.live == 0 {
+                t.per_parent.remove(&parent);
+            }
+        }
+    }
+
+    /// Is (idx, seq) still the same negative, indexed entry? (mutex held)
+    fn neg_current(&self, idx: u32, seq: u32) -> bool {
+        let s = self.arena.get(idx);
+        s.seq.load(Ordering::Relaxed) == seq
+            && s.meta.load(Ordering::Relaxed) & (0xff | F_HASHED) == C_NEGATIVE | F_HASHED
+    }
+
+    fn trim_negatives(&self, t: &mut Topo, parent: u32) {
+        let cap = self.limits.negative;
+        if t.negatives > cap + cap / 8 + 1 {
+            let mut budget = t.neg_order.len();
+            while t.negatives > cap && budget > 0 {
+                budget -= 1;
+                let Some((idx, seq)) = t.neg_order.pop_front() else { break };
+                if !self.neg_current(idx, seq) {
+                    continue;
+                }
+                if !self.evict_locked(t, idx) {
+                    t.neg_order.push_back((idx, self.arena.get(idx).seq.load(Ordering::Relaxed)));
+                }
+            }
+        }
+        if t.neg_order.len() > 2 * t.negatives + 64 {
+            let q = std::mem::take(&mut t.neg_order);
+            t.neg_order = q.into_iter().filter(|&(i, s)| self.neg_current(i, s)).collect();
+        }
+        let pcap = self.limits.negative_per_parent;
+        let Some(pn) = t.per_parent.get(&parent) else { return };
+        if pn.live > pcap + pcap / 8 + 1 {
+            let mut q =
+                t.per_parent.get_mut(&parent).map(|p| std::mem::take(&mut p.q)).unwrap_or_default();
+            let mut budget = q.len();
+            while t.per_parent.get(&parent).is_some_and(|p| p.live > pcap) && budget > 0 {
+                budget -= 1;
+                let Some((idx, seq)) = q.pop_front() else { break };
+                if !self.neg_current(idx, seq) {
+                    continue;
+                }
+                if !self.evict_locked(t, idx) {
+                    q.push_back((idx, self.arena.get(idx).seq.load(Ordering::Relaxed)));
+                }
+            }
+            if let Some(p) = t.per_parent.get_mut(&parent) {
+                q.extend(p.q.drain(..));
+                p.q = q;
+            }
+        }
+        if let Some(p) = t.per_parent.get_mut(&parent) {
+            if p.q.len() > 2 * p.live + 64 {
+                let q = std::mem::take(&mut p.q);
+                p.q = q.into_iter().filter(|&(i, s)| self.neg_current(i, s)).collect();
+            }
+        }
+    }
+
+    fn trim_positives(&self, t: &mut Topo) {
+        let cap = self.limits.entries;
+        let positives = |t: &Topo| t.idx.live.saturating_sub(t.negatives);
+        if positives(t) > cap + cap / 8 + 1 {
+            let mut budget = t.pos_order.len();
+            while positives(t) > cap && budget > 0 {
+                budget -= 1;
+                let Some(idx) = t.pos_order.pop_front() else { break };
+                let m = self.arena.get(idx).meta.load(Ordering::Relaxed);
+                if m & F_HASHED == 0 || matches!(m & 0xff, C_NEGATIVE | C_DESTROYED | C_FREE) {
+                    continue;
+                }
+                if !self.evict_locked(t, idx) {
+                    t.pos_order.push_back(idx);
+                }
+            }
+        }
+        if t.pos_order.len() > 2 * positives(t) + 64 {
+            let mut seen = HashSet::new();
+            let q = std::mem::take(&mut t.pos_order);
+            t.pos_order = q
+                .into_iter()
+                .filter(|&i| {
+                    let m = self.arena.get(i).meta.load(Ordering::Relaxed);
+                    m & F_HASHED != 0
+                        && !matches!(m & 0xff, C_NEGATIVE | C_DESTROYED | C_FREE)
+                        && seen.insert(i)
+                })
+                .collect();
+        }
+    }
+
+    /// Drops indexed entry `idx` if nothing refers to it (no handle, lock or
+    /// child); false if something does.
+    fn evict_locked(&self, t: &mut Topo, idx: u32) -> bool {
+        let s = self.arena.get(idx);
+        if s.refs.load(Ordering::SeqCst) != 0 {
+            return false;
+        }
+        let old = self.snap(idx);
+        if !old.hashed() {
+            return false;
+        }
+        let h = self.rehash_snap(idx, &old);
+        s.begin_write();
+        if s.refs.load(Ordering::SeqCst) != 0 {
+            s.end_write();
+            return false;
+        }
+        s.parent.store(NIL, Ordering::Relaxed);
+        s.set_meta(C_FREE, 0, 0);
+        s.end_write();
+        self.index.remove(&mut t.idx, h, idx);
+        if old.code() == C_NEGATIVE {
+            Self::neg_dec(t, old.parent);
+        }
+        self.release_slot(t, idx);
+        self.stripe().evictions.fetch_add(1, Ordering::Relaxed);
+        if old.parent != NIL {
+            let p = self.arena.get(old.parent);
+            if p.refs.fetch_sub(1, Ordering::SeqCst) == 1 {
+                self.reap_locked(t, old.parent);
+            }
+        }
+        true
+    }
+
+    /// Removes indexed entry `idx` from the index and marks it destroyed (mutex
+    /// held); it is freed when its last reference goes.
+    pub(crate) fn destroy_locked(&self, t: &mut Topo, idx: u32) {
+        if self.snap(idx).code() == C_DESTROYED {
+            return;
+        }
+        self.set_state_locked(t, idx, State::Destroyed);
+        if self.arena.get(idx).refs.load(Ordering::SeqCst) == 0 {
+            self.reap_locked(t, idx);
+        }
+    }
+
+    /// Moves indexed entry `idx` to (`parent`, `name`) (mutex and rename lock held;
+    /// the target key must be free).
+    pub(crate) fn relink_locked(&self, t: &mut Topo, idx: u32, parent: u32, name: &[u8]) {
+        let s = self.arena.get(idx);
+        let old = self.snap(idx);
+        let h = self.rehash_snap(idx, &old);
+        self.index.remove(&mut t.idx, h, idx);
+        self.arena.get(parent).refs.fetch_add(1, Ordering::Relaxed);
+        s.begin_write();
+        s.parent.store(parent, Ordering::Relaxed);
+        s.set_name(name);
+        s.set_meta(old.code(), name.len(), old.meta & F_HASHED);
+        s.end_write();
+        {
+            let mut ln = lock(&self.long_names);
+            if name.len() > INLINE {
+                ln.insert(idx, name.into());
+            } else {
+                ln.remove(&idx);
+            }
+        }
+        let h = self.index.hash(parent, name);
+        self.index.insert(&mut t.idx, h, idx, |i| self.rehash(i));
+        if old.parent != NIL {
+            // The old parent is still referenced by the caller's handle on it.
+            self.arena.get(old.parent).refs.fetch_sub(1, Ordering::SeqCst);
+        }
+        if attr_of(&old).is_some() {
+            t.pos_order.push_back(idx);
+        }
+    }
+
+    /// Finds the indexed entry (parent, name) with the mutex held.
+    pub(crate) fn find_locked(&self, h: u64, parent: u32, name: &[u8]) -> Option<u32> {
+        let words = pack(name);
+        self.index.probe(h, |i| {
+            let s = self.snap(i);
+            let same = s.parent == parent
+                && s.len() == name.len()
+                && s.words == words
+                && s.hashed()
+                && (name.len() <= INLINE
+                    || lock(&self.long_names).get(&i).is_some_and(|n| &n[..] == name));
+            same.then_some(i)
+        })
+    }
+
+    pub(crate) fn lock_entry(&self, idx: u32, exclusive: bool) {
+        if exclusive {
+            self.acquire(idx, |w| (w & (L_WRITER | L_READERS) == 0).then_some(w | L_WRITER));
+        } else {
+            self.acquire(idx, |w| {
+                (w & L_WRITER == 0 && w & L_READERS != L_READERS).then_some(w + 1)
+            });
+        }
+    }
+
+    pub(crate) fn acquire(&self, idx: u32, want: impl Fn(u32) -> Option<u32>) {
+        let s = self.arena.get(idx);
+        loop {
+            let cur = s.lock.load(Ordering::Acquire);
+            if let Some(n) = want(cur) {
+                if s.lock.compare_exchange(cur, n, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                    return;
+                }
+                continue;
+            }
+            let (m, cv) = &self.waits[idx as usize % self.waits.len()];
+            let g = lock(m);
+            if want(s.lock.load(Ordering::Acquire)).is_some() {
+                continue;
+            }
+            drop(cv.wait(g).unwrap_or_else(|p| p.into_inner()));
+        }
+    }
+
+    pub(crate) fn unlock_entry(&self, idx: u32, f: impl Fn(u32) -> u32) {
+        let s = self.arena.get(idx);
+        let mut cur = s.lock.load(Ordering::Relaxed);
+        while let Err(now) =
+            s.lock.compare_exchange_weak(cur, f(cur), Ordering::AcqRel, Ordering::Relaxed)
+        {
+            cur = now;
+        }
+        let (m, cv) = &self.waits[idx as usize % self.waits.len()];
+        drop(lock(m));
+        cv.notify_all();
+    }
+
+    pub(crate) fn backend(&self, mount: u32) -> Result<Arc<dyn Backend>, Errno> {
+        lock(&self.mounts).get(&mount).map(|m| m.backend.clone()).ok_or(Errno::NoEnt)
+    }
+
+    /// If `idx` is a mount's root, the directory it covers.
+    pub(crate) fn covered_dir(&self, idx: u32) -> Option<u32> {
+        let mount = self.arena.get(idx).mount.load(Ordering::Relaxed);
+        if mount == 0 {
+            return None;
+        }
+        lock(&self.mounts).get(&mount).filter(|m| m.root == idx).and_then(|m| m.over)
+    }
+}
+
 impl Namecache {
-    /// A namecache whose root is `backend`'s root.
+    /// A namecache whose root is `backend`'s root, with the default [`Limits`].
     pub fn new(backend: Arc<dyn Backend>) -> Namecache {
-        Self::with_negative_cap(backend, DEFAULT_NEGATIVE_CAP)
+        Self::with_limits(backend, Limits::default())
     }
 
     /// As [`new`](Self::new), keeping at most `cap` negative entries (plus a slack of
-    /// 1/8 before trimming back to `cap`).
+    /// 1/8 before trimming back to `cap`); the per-directory cap is `cap / 8`.
     pub fn with_negative_cap(backend: Arc<dyn Backend>, cap: usize) -> Namecache {
+        let cap = cap.max(1);
+        Self::with_limits(
+            backend,
+            Limits { negative: cap, negative_per_parent: (cap / 8).max(1), ..Limits::default() },
+        )
+    }
+
+    /// A namecache with explicit [`Limits`].
+    pub fn with_limits(backend: Arc<dyn Backend>, limits: Limits) -> Namecache {
         let ino = backend.root();
         let attr = backend.getattr(ino).unwrap_or(Attr {
             ino,
@@ -412,92 +948,127 @@ impl Namecache {
             size: 0,
             mode: 0o755,
         });
-        let root = Arc::new(new_entry(0, 0, None, b"", State::Positive(attr)));
-        let mut mounts = HashMap::new();
-        mounts.insert(0, Mount { backend, root: root.clone(), over: None });
-        Namecache {
-            c: Arc::new(Cache {
-                topo: RwLock::new(Topo {
-                    hash: HashMap::with_hasher(RandomState::new()),
-                    negatives: 0,
-                    neg_order: Default::default(),
-                }),
-                mounts: RwLock::new(mounts),
-                next_id: AtomicU64::new(1),
-                root,
-                rename_lock: Mutex::new(()),
-                counters: Counters::default(),
-                neg_cap: cap.max(1),
-            }),
+        let c = Cache {
+            arena: Arena::new(),
+            index: Index::new(),
+            topo: Mutex::new(Topo::default()),
+            reap_q: Mutex::new(Vec::new()),
+            rename_seq: AtomicU32::new(0),
+            neg_gen: AtomicU32::new(1),
+            mounts: Mutex::new(HashMap::new()),
+            next_mount: AtomicU32::new(1),
+            rename_lock: Mutex::new(()),
+            long_names: Mutex::new(HashMap::new()),
+            symlinks: Mutex::new(HashMap::new()),
+            waits: (0..64).map(|_| (Mutex::new(()), Condvar::new())).collect(),
+            stripes: (0..64).map(|_| CachePadded::new(Stripe::default())).collect(),
+            limits: Limits {
+                negative: limits.negative.max(1),
+                negative_per_parent: limits.negative_per_parent.max(1),
+                entries: limits.entries.max(1),
+            },
+            root: 0,
+        };
+        {
+            let mut t = lock(&c.topo);
+            let root = c.alloc_locked(&mut t, NIL, b"", 0, State::Positive(attr), false);
+            debug_assert_eq!(root, Ok(0));
         }
+        // The cache's own reference on the root.
+        c.arena.get(0).refs.fetch_add(1, Ordering::Relaxed);
+        lock(&c.mounts).insert(0, Mount { backend, root: 0, over: None });
+        let c = Arc::new(c);
+        let handles: Arc<[Arc<CachePadded<Handle>>]> =
+            (0..STRIPES).map(|_| Arc::new(CachePadded::new(Handle { c: c.clone() }))).collect();
+        Namecache { c, handles }
+    }
+
+    fn handle(&self) -> &Arc<CachePadded<Handle>> {
+        &self.handles[stripe() % self.handles.len()]
+    }
+
+    /// A handle on `idx` whose reference the caller has already counted.
+    pub(crate) fn adopt(&self, idx: u32) -> Ncp {
+        Ncp { r: self.handle().clone(), idx }
+    }
+
+    /// Pins `idx`, which cannot be freed meanwhile (see [`Ncp::pin`]).
+    pub(crate) fn pin(&self, idx: u32) -> Ncp {
+        self.c.arena.get(idx).refs.fetch_add(1, Ordering::Relaxed);
+        self.adopt(idx)
     }
 
     /// The root entry.
     pub fn root(&self) -> Ncp {
-        Ncp { e: self.c.root.clone() }
+        self.pin(self.c.root)
     }
 
     /// Counters and resident counts.
     pub fn stats(&self) -> NcStats {
-        let c = &self.c.counters;
-        let t = self.c.topo.read().unwrap_or_else(|p| p.into_inner());
-        NcStats {
-            hits: c.hits.load(Ordering::Relaxed),
-            negative_hits: c.negative_hits.load(Ordering::Relaxed),
-            misses: c.misses.load(Ordering::Relaxed),
-            restarts: c.restarts.load(Ordering::Relaxed),
-            evictions: c.evictions.load(Ordering::Relaxed),
-            negatives: t.negatives as u64,
-            entries: t.hash.len() as u64,
+        let mut s = NcStats::default();
+        for st in self.c.stripes.iter() {
+            s.hits += st.hits.load(Ordering::Relaxed);
+            s.negative_hits += st.negative_hits.load(Ordering::Relaxed);
+            s.misses += st.misses.load(Ordering::Relaxed);
+            s.restarts += st.restarts.load(Ordering::Relaxed);
+            s.evictions += st.evictions.load(Ordering::Relaxed);
         }
+        let t = self.c.topo();
+        s.negatives = t.negatives as u64;
+        s.entries = t.idx.live as u64;
+        s.bytes = (self.c.arena.bytes() + self.c.index.bytes()) as u64;
+        s
     }
 
-    fn backend(&self, mount: u64) -> Result<Arc<dyn Backend>, Errno> {
-        let m = self.c.mounts.read().unwrap_or_else(|p| p.into_inner());
-        m.get(&mount).map(|m| m.backend.clone()).ok_or(Errno::NoEnt)
+    /// Makes every cached negative entry stale at once (they are asked about again
+    /// on next use): for backends whose namespace changed behind the cache.
+    pub fn invalidate_negatives(&self) {
+        let mut g = self.c.neg_gen.load(Ordering::Relaxed).wrapping_add(1);
+        if g == 0 {
+            g = 1;
+        }
+        self.c.neg_gen.store(g, Ordering::Release);
     }
 
-    fn dir_ino(e: &Entry) -> Result<Ino, Errno> {
-        match e.state() {
-            State::Positive(a) if a.kind == Kind::Dir => Ok(a.ino),
-            State::Positive(_) => Err(Errno::NotDir),
-            _ => Err(Errno::NoEnt),
-        }
+    pub(crate) fn dir_ino(e: &Ncp) -> Result<Ino, Errno> {
+        dir_of(e.state())
     }
 
     /// Mounts `backend` on directory `at` (its root replaces `at` in lookups until
-    /// unmounted; `..` from the new root leads back to `at`'s parent).
+    /// the cache is dropped; `..` from the new root leads back to `at`'s parent).
     pub fn mount(&self, at: &Ncp, backend: Arc<dyn Backend>) -> Result<(), Errno> {
-        Self::dir_ino(&at.e)?;
-        let _serial = self.c.rename_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if at.e.covered_by.load(Ordering::Acquire) != 0 {
+        Self::dir_ino(at)?;
+        let _serial = lock(&self.c.rename_lock);
+        if at.slot().covered_by.load(Ordering::Acquire) != 0 {
             return Err(Errno::Busy);
         }
-        let id = self.c.next_id.fetch_add(1, Ordering::Relaxed);
         let ino = backend.root();
         let attr = backend.getattr(ino)?;
-        let root = Arc::new(new_entry(id, id, at.e.parent(), &at.e.name(), State::Positive(attr)));
-        let mut m = self.c.mounts.write().unwrap_or_else(|p| p.into_inner());
-        m.insert(id, Mount { backend, root, over: Some(Arc::downgrade(&at.e)) });
-        at.e.covered_by.store(id, Ordering::Release);
+        let id = self.c.next_mount.fetch_add(1, Ordering::Relaxed);
+        let (parent, name) = self.c.name_of(at.idx);
+        let root = {
+            let mut t = self.c.topo();
+            self.c.alloc_locked(&mut t, parent, &name, id, State::Positive(attr), false)?
+        };
+        // Permanent references: the mount's root and the covered directory.
+        self.c.arena.get(root).refs.fetch_add(1, Ordering::Relaxed);
+        at.slot().refs.fetch_add(1, Ordering::Relaxed);
+        lock(&self.c.mounts).insert(id, Mount { backend, root, over: Some(at.idx) });
+        at.slot().covered_by.store(id, Ordering::Release);
         Ok(())
     }
 
     /// If `e` is covered by a mount, that mount's root.
-    fn cross_down(&self, e: Arc<Entry>) -> Arc<Entry> {
+    pub(crate) fn cross_down(&self, e: Ncp) -> Ncp {
         let mut e = e;
         for _ in 0..16 {
-            let id = e.covered_by.load(Ordering::Acquire);
+            let id = e.slot().covered_by.load(Ordering::Acquire);
             if id == 0 {
                 return e;
             }
-            let m = self.c.mounts.read().unwrap_or_else(|p| p.into_inner());
-            match m.get(&id) {
-                Some(mt) => {
-                    let r = mt.root.clone();
-                    drop(m);
-                    e = r;
-                }
+            let root = lock(&self.c.mounts).get(&id).map(|m| m.root);
+            match root {
+                Some(r) => e = e.pin(r),
                 None => return e,
             }
         }
@@ -506,127 +1077,143 @@ impl Namecache {
 
     /// `..` of `e`: the root's parent is the root; a mount root's parent is the
     /// parent of the directory it covers.
-    fn dotdot(&self, e: &Arc<Entry>) -> Arc<Entry> {
+    pub(crate) fn dotdot(&self, e: &Ncp) -> Ncp {
         let mut e = e.clone();
         loop {
-            if Arc::ptr_eq(&e, &self.c.root) {
+            if e.idx == self.c.root {
                 return e;
             }
-            let is_mount_root = {
-                let m = self.c.mounts.read().unwrap_or_else(|p| p.into_inner());
-                m.get(&e.mount)
-                    .filter(|mt| Arc::ptr_eq(&mt.root, &e))
-                    .and_then(|mt| mt.over.clone())
-            };
-            match is_mount_root {
-                Some(over) => match over.upgrade() {
-                    Some(o) => e = o,
-                    None => return self.c.root.clone(),
-                },
+            match self.c.covered_dir(e.idx) {
+                Some(over) => e = e.pin(over),
                 None => {
-                    return e
-                        .parent()
-                        .map(|p| self.cross_down(p))
-                        .unwrap_or_else(|| self.c.root.clone())
+                    return e.parent().map(|p| self.cross_down(p)).unwrap_or_else(|| self.root())
                 }
             }
         }
     }
 
+    /// Finds the indexed child `name` of `dir` without a lock and pins it.
+    fn find_pin(&self, dir: &Ncp, h: u64, name: &[u8]) -> Option<Ncp> {
+        if name.len() > INLINE {
+            return None;
+        }
+        let words = pack(name);
+        let (idx, seq) = self.c.index.probe(h, |i| {
+            let (seq, meta, _) = self.c.arena.get(i).matches(dir.idx, name.len(), &words)?;
+            (meta & F_HASHED != 0).then_some((i, seq))
+        })?;
+        dir.try_pin(idx, seq)
+    }
+
     /// Finds or makes the child entry `name` of `dir` and resolves it if needed
     /// (one backend call per miss, however many threads miss at once).
-    fn child(
+    pub(crate) fn child(
         &self,
-        dir: &Arc<Entry>,
+        dir: &Ncp,
         dir_state: State,
         name: &[u8],
-    ) -> Result<(Arc<Entry>, State), Errno> {
+    ) -> Result<(Ncp, State), Errno> {
         check_name(name)?;
         let dino = dir_of(dir_state)?;
-        let key = (dir.id, Name::from_slice(name));
+        let h = self.c.index.hash(dir.idx, name);
+        let stripe = self.c.stripe();
         for _ in 0..RETRIES {
-            let found = {
-                let t = self.c.topo.read().unwrap_or_else(|p| p.into_inner());
-                t.hash.get(&key).cloned()
-            };
-            let e = match found {
+            let e = match self.find_pin(dir, h, name) {
                 Some(e) => e,
                 None => {
-                    let mut t = self.c.topo.write().unwrap_or_else(|p| p.into_inner());
-                    match t.hash.get(&key) {
-                        Some(e) => e.clone(),
-                        None => {
-                            let id = self.c.next_id.fetch_add(1, Ordering::Relaxed);
-                            let e = Arc::new(new_entry(
-                                id,
-                                dir.mount,
-                                Some(dir.clone()),
-                                name,
-                                State::Unresolved,
-                            ));
-                            t.hash.insert(key.clone(), e.clone());
-                            e
+                    let mut t = self.c.topo();
+                    let idx = match self.c.find_locked(h, dir.idx, name) {
+                        Some(i) => {
+                            self.c.arena.get(i).refs.fetch_add(1, Ordering::Relaxed);
+                            i
                         }
-                    }
+                        None => {
+                            let mount = dir.slot().mount.load(Ordering::Relaxed);
+                            let i = self.c.alloc_locked(
+                                &mut t,
+                                dir.idx,
+                                name,
+                                mount,
+                                State::Unresolved,
+                                true,
+                            )?;
+                            self.c.arena.get(i).refs.fetch_add(1, Ordering::Relaxed);
+                            i
+                        }
+                    };
+                    drop(t);
+                    dir.sibling(idx)
                 }
             };
             let mut st = e.state();
             match st {
                 State::Positive(_) => {
-                    self.c.counters.hits.fetch_add(1, Ordering::Relaxed);
+                    stripe.hits.fetch_add(1, Ordering::Relaxed);
                     return Ok(self.cross_down_with(e, st));
                 }
                 State::Negative => {
-                    self.c.counters.negative_hits.fetch_add(1, Ordering::Relaxed);
+                    stripe.negative_hits.fetch_add(1, Ordering::Relaxed);
                     return Ok((e, st));
                 }
                 State::Destroyed => {
-                    // Removed between our hash read and now: look again.
-                    self.c.counters.restarts.fetch_add(1, Ordering::Relaxed);
+                    // Removed between our index read and now: look again.
+                    stripe.restarts.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 State::Unresolved => {}
             }
-            {
-                let _r = e.resolve.lock().unwrap_or_else(|p| p.into_inner());
-                st = e.state();
+            self.c.acquire(e.idx, |w| (w & L_RESOLVING == 0).then_some(w | L_RESOLVING));
+            st = e.state();
+            let res = match st {
+                State::Unresolved => {
+                    stripe.misses.fetch_add(1, Ordering::Relaxed);
+                    let r = self
+                        .c
+                        .backend(dir.slot().mount.load(Ordering::Relaxed))
+                        .and_then(|be| be.lookup(dino, name));
+                    match r {
+                        Ok(found) => {
+                            st = match found {
+                                Some(a) => State::Positive(a),
+                                None => State::Negative,
+                            };
+                            let mut t = self.c.topo();
+                            // Destroyed meanwhile (its parent was removed): keep that.
+                            if e.snap().code() != C_DESTROYED {
+                                self.c.set_state_locked(&mut t, e.idx, st);
+                            } else {
+                                st = State::Destroyed;
+                            }
+                            Ok(())
+                        }
+                        Err(err) => Err(err),
+                    }
+                }
                 // Another thread resolved it while we waited: a cached answer.
-                match st {
-                    State::Positive(_) => {
-                        self.c.counters.hits.fetch_add(1, Ordering::Relaxed);
-                    }
-                    State::Negative => {
-                        self.c.counters.negative_hits.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {}
+                State::Positive(_) => {
+                    stripe.hits.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
                 }
-                if st == State::Unresolved {
-                    self.c.counters.misses.fetch_add(1, Ordering::Relaxed);
-                    let be = self.backend(dir.mount)?;
-                    st = match be.lookup(dino, name)? {
-                        Some(a) => State::Positive(a),
-                        None => State::Negative,
-                    };
-                    e.set_state(st);
-                    if st == State::Negative {
-                        self.note_negative(&e);
-                    }
+                State::Negative => {
+                    stripe.negative_hits.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
                 }
-            }
+                State::Destroyed => Ok(()),
+            };
+            self.c.unlock_entry(e.idx, |w| w & !L_RESOLVING);
+            res?;
             match st {
                 State::Positive(_) => return Ok(self.cross_down_with(e, st)),
                 State::Negative => return Ok((e, st)),
-                _ => {
-                    self.c.counters.restarts.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+                _ => stripe.restarts.fetch_add(1, Ordering::Relaxed),
+            };
         }
         Err(Errno::Again)
     }
 
     /// [`cross_down`](Self::cross_down), keeping the state when nothing is mounted.
-    fn cross_down_with(&self, e: Arc<Entry>, st: State) -> (Arc<Entry>, State) {
-        if e.covered_by.load(Ordering::Acquire) == 0 {
+    fn cross_down_with(&self, e: Ncp, st: State) -> (Ncp, State) {
+        if e.slot().covered_by.load(Ordering::Acquire) == 0 {
             return (e, st);
         }
         let e = self.cross_down(e);
@@ -634,90 +1221,134 @@ impl Namecache {
         (e, st)
     }
 
-    fn note_negative(&self, e: &Arc<Entry>) {
-        let mut t = self.c.topo.write().unwrap_or_else(|p| p.into_inner());
-        t.negatives += 1;
-        t.neg_order.push_back(Arc::downgrade(e));
-        let slack = self.c.neg_cap / 8 + 1;
-        if t.negatives > self.c.neg_cap + slack {
-            self.trim_negatives(&mut t);
-        }
-    }
-
-    /// Drops the oldest negative entries nobody holds until at most the cap remain.
-    fn trim_negatives(&self, t: &mut Topo) {
-        let mut budget = t.neg_order.len();
-        while t.negatives > self.c.neg_cap && budget > 0 {
-            budget -= 1;
-            let Some(w) = t.neg_order.pop_front() else { break };
-            let Some(e) = w.upgrade() else { continue };
-            if e.state() != State::Negative {
-                continue;
-            }
-            // Held only by the hash (and our upgrade): free to go. A locked entry
-            // is held by its lock guard, so it is never freed here.
-            if Arc::strong_count(&e) > 2 {
-                t.neg_order.push_back(w);
-                continue;
-            }
-            let key = (e.parent().map_or(0, |p| p.id), e.name());
-            if t.hash.get(&key).is_some_and(|x| Arc::ptr_eq(x, &e)) {
-                t.hash.remove(&key);
-                t.negatives -= 1;
-                self.c.counters.evictions.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn readlink_cached(&self, e: &Ncp) -> Result<Arc<[u8]>, Errno> {
+        let snap = e.snap();
+        if let Some((seq, t)) = lock(&self.c.symlinks).get(&e.idx) {
+            if *seq == snap.seq {
+                return Ok(t.clone());
             }
         }
-    }
-
-    fn readlink_cached(&self, e: &Arc<Entry>) -> Result<Arc<[u8]>, Errno> {
-        if let Some(t) = e.symlink.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-            return Ok(t);
+        let Some(a) = attr_of(&snap) else { return Err(Errno::NoEnt) };
+        let t: Arc<[u8]> = self.c.backend(snap.mount)?.readlink(a.ino)?.into();
+        let mut g = lock(&self.c.symlinks);
+        if e.slot().seq.load(Ordering::Acquire) == snap.seq {
+            g.insert(e.idx, (snap.seq, t.clone()));
         }
-        let State::Positive(a) = e.state() else { return Err(Errno::NoEnt) };
-        let t: Arc<[u8]> = self.backend(e.mount)?.readlink(a.ino)?.into();
-        *e.symlink.lock().unwrap_or_else(|p| p.into_inner()) = Some(t.clone());
         Ok(t)
     }
 
     /// Resolves `path` from `start` (or the root, for an absolute path): `.` and
-    /// `..` are their own operations, symbolic links are followed (at most 40), a
-    /// trailing slash requires a directory, mounts are crossed both ways.
+    /// `..` are their own operations, symbolic links are followed (at most 40;
+    /// the last component's only with [`Flags::follow`] or a trailing slash), a
+    /// trailing slash requires a directory, mounts are crossed both ways. Errors:
+    /// `NoEnt` (missing, or an empty path), `NotDir`, `Loop`, `NameTooLong`,
+    /// `Inval` (a NUL byte), or the backend's.
+    ///
+    /// ```
+    /// use dfly_namecache::{Errno, Flags, MemFs, Namecache};
+    /// use std::sync::Arc;
+    /// let nc = Namecache::new(Arc::new(MemFs::new()));
+    /// let root = nc.root();
+    /// nc.mkdir(&root, b"/d", 0o755).unwrap();
+    /// let d = nc.nlookup(&root, b"d/.//", Flags::default()).unwrap();
+    /// assert_eq!(nc.nlookup(&d, b"../..", Flags::default()).unwrap(), root);
+    /// assert_eq!(nc.nlookup(&d, b"nope", Flags::default()).unwrap_err(), Errno::NoEnt);
+    /// // With `create`, a missing last component comes back as a negative entry.
+    /// let n = nc.nlookup(&d, b"nope", Flags { create: true, ..Flags::default() }).unwrap();
+    /// assert!(n.is_negative());
+    /// ```
     pub fn nlookup(&self, start: &Ncp, path: &[u8], flags: Flags) -> Result<Ncp, Errno> {
-        if let Some(r) = self.fast_walk(start, path, flags) {
-            return r;
+        match self.fast_walk(start, path, flags) {
+            Some(Ok(Fast::Entry(idx, seq))) => {
+                if let Some(n) = start.try_pin(idx, seq) {
+                    return Ok(n);
+                }
+                self.c.count_restart();
+            }
+            Some(Ok(Fast::Missing)) => return Err(Errno::NoEnt),
+            Some(Err(e)) => return Err(e),
+            None => {}
         }
         for _ in 0..RETRIES {
             let (_, e) = self.walk(start, path, flags.follow)?;
             match e.state() {
-                State::Positive(_) => return Ok(Ncp { e }),
-                State::Negative if flags.create => return Ok(Ncp { e }),
+                State::Positive(_) => return Ok(e),
+                State::Negative if flags.create => return Ok(e),
                 State::Negative => return Err(Errno::NoEnt),
                 // Removed or renamed away under us: walk again.
-                _ => {
-                    self.c.counters.restarts.fetch_add(1, Ordering::Relaxed);
-                }
+                _ => self.c.count_restart(),
             }
         }
         Err(Errno::Again)
     }
 
-    /// The hit path: under one read lock of the topology, walk cached entries by
-    /// reference (no reference counts, no entry locks, no per-component counter
-    /// writes), reading each entry's one-byte state mirror. Anything it does not
-    /// handle (a miss, an unresolved or destroyed entry, a symlink to follow, `..`,
-    /// a mount) returns `None` and the caller takes the locked walk from the start.
-    fn fast_walk(&self, start: &Ncp, path: &[u8], flags: Flags) -> Option<Result<Ncp, Errno>> {
+    /// The attributes of the file at `path` (following a final symlink). On a
+    /// cache hit this pins nothing and writes no shared memory.
+    ///
+    /// ```
+    /// use dfly_namecache::{Kind, MemFs, Namecache};
+    /// use std::sync::Arc;
+    /// let nc = Namecache::new(Arc::new(MemFs::new()));
+    /// nc.create(&nc.root(), b"/f", 0o644).unwrap();
+    /// assert_eq!(nc.stat(&nc.root(), b"/f").unwrap().kind, Kind::File);
+    /// ```
+    pub fn stat(&self, start: &Ncp, path: &[u8]) -> Result<Attr, Errno> {
+        self.stat_flags(start, path, Flags { follow: true, create: false })
+    }
+
+    /// The attributes of the file at `path` (not following a final symlink).
+    pub fn lstat(&self, start: &Ncp, path: &[u8]) -> Result<Attr, Errno> {
+        self.stat_flags(start, path, Flags::default())
+    }
+
+    fn stat_flags(&self, start: &Ncp, path: &[u8], flags: Flags) -> Result<Attr, Errno> {
+        match self.fast_walk(start, path, flags) {
+            Some(Ok(Fast::Entry(idx, seq))) => {
+                if let Some(s) = self.c.arena.get(idx).try_read().filter(|s| s.seq == seq) {
+                    if let Some(a) = attr_of(&s) {
+                        return Ok(a);
+                    }
+                }
+                self.c.count_restart();
+            }
+            Some(Ok(Fast::Missing)) => return Err(Errno::NoEnt),
+            Some(Err(e)) => return Err(e),
+            None => {}
+        }
+        self.nlookup_slow(start, path, flags)?.attr().ok_or(Errno::NoEnt)
+    }
+
+    fn nlookup_slow(&self, start: &Ncp, path: &[u8], flags: Flags) -> Result<Ncp, Errno> {
+        for _ in 0..RETRIES {
+            let (_, e) = self.walk(start, path, flags.follow)?;
+            match e.state() {
+                State::Positive(_) => return Ok(e),
+                State::Negative => return Err(Errno::NoEnt),
+                _ => self.c.count_restart(),
+            }
+        }
+        Err(Errno::Again)
+    }
+
+    /// The hit path (see the module docs). `None`: take the locked walk.
+    fn fast_walk(&self, start: &Ncp, path: &[u8], flags: Flags) -> Option<Result<Fast, Errno>> {
         if let Err(e) = Self::validate_path(path) {
             return Some(Err(e));
         }
-        let t = self.c.topo.read().unwrap_or_else(|p| p.into_inner());
-        let mut cur: &Arc<Entry> = if path[0] == b'/' { &self.c.root } else { &start.e };
-        let mut code = cur.fast.load(Ordering::Acquire);
+        let c = &*self.c;
+        let r0 = c.rename_seq.load(Ordering::Acquire);
+        if r0 & 1 != 0 {
+            return None;
+        }
+        let neg_gen = c.neg_gen.load(Ordering::Acquire);
+        let mut cur = if path[0] == b'/' { c.root } else { start.idx };
+        let mut cur_slot = c.arena.get(cur);
+        let mut cur_seq = cur_slot.seq.load(Ordering::Acquire);
+        let mut code = cur_slot.meta.load(Ordering::Acquire) & 0xff;
         let mut hits = 0u64;
-        let mut key: (u64, Name) = (0, Name::new());
         let mut rest = path;
         loop {
-            if cur.covered_by.load(Ordering::Acquire) != 0 {
+            if cur_seq & 1 != 0 || cur_slot.covered_by.load(Ordering::Acquire) != 0 {
                 return None;
             }
             let skip = rest.iter().take_while(|&&b| b == b'/').count();
@@ -732,56 +1363,74 @@ impl Namecache {
             if comp.len() > NAME_MAX {
                 return Some(Err(Errno::NameTooLong));
             }
-            if code != F_DIR {
+            if code != C_DIR {
                 return None;
             }
             if comp == b"." {
                 rest = after;
                 continue;
             }
-            if comp == b".." {
+            if comp == b".." || comp.len() > INLINE {
                 return None;
             }
-            key.0 = cur.id;
-            key.1.clear();
-            key.1.extend_from_slice(comp);
-            let child = t.hash.get(&key)?;
-            let c = child.fast.load(Ordering::Acquire);
+            let words = pack(comp);
+            let h = c.index.hash(cur, comp);
+            let (child, seq, meta, stamp) = c.index.probe(h, |i| {
+                let (seq, meta, ino) = c.arena.get(i).matches(cur, comp.len(), &words)?;
+                (meta & F_HASHED != 0).then_some((i, seq, meta, ino))
+            })?;
+            // The directory must still be what we walked into.
+            if cur_slot.seq.load(Ordering::Acquire) != cur_seq {
+                return None;
+            }
+            let ccode = meta & 0xff;
             hits += 1;
-            match c {
-                F_DIR => {}
-                F_FILE if last && !trailing => {}
-                F_FILE => return Some(Err(Errno::NotDir)),
-                F_SYMLINK if last && !trailing && !flags.follow => {}
-                F_NEGATIVE if last => {
-                    self.c.counters.negative_hits.fetch_add(1, Ordering::Relaxed);
-                    self.c.counters.hits.fetch_add(hits - 1, Ordering::Relaxed);
-                    return Some(if flags.create {
-                        Ok(Ncp { e: child.clone() })
+            match ccode {
+                C_DIR => {}
+                C_FILE | C_OTHER if last && !trailing => {}
+                C_FILE | C_OTHER => return Some(Err(Errno::NotDir)),
+                C_SYMLINK if last && !trailing && !flags.follow => {}
+                C_NEGATIVE if stamp as u32 != neg_gen => return None,
+                C_NEGATIVE if last => {
+                    if c.rename_seq.load(Ordering::Acquire) != r0 {
+                        return None;
+                    }
+                    let st = c.stripe();
+                    st.negative_hits.fetch_add(1, Ordering::Relaxed);
+                    st.hits.fetch_add(hits - 1, Ordering::Relaxed);
+                    return Some(Ok(if flags.create {
+                        Fast::Entry(child, seq)
                     } else {
-                        Err(Errno::NoEnt)
-                    });
+                        Fast::Missing
+                    }));
                 }
-                F_NEGATIVE => return Some(Err(Errno::NoEnt)),
+                C_NEGATIVE => return Some(Err(Errno::NoEnt)),
                 _ => return None,
             }
             cur = child;
-            code = c;
+            cur_slot = c.arena.get(child);
+            cur_seq = seq;
+            code = ccode;
             rest = after;
             if last {
                 break;
             }
         }
         if rest.iter().any(|&b| b != b'/')
-            || (path.ends_with(b"/") && code != F_DIR)
-            || cur.covered_by.load(Ordering::Acquire) != 0
+            || (path.ends_with(b"/") && code != C_DIR)
+            || cur_slot.covered_by.load(Ordering::Acquire) != 0
+            || !matches!(code, C_DIR | C_FILE | C_OTHER | C_SYMLINK)
         {
             return None;
         }
-        if hits > 0 {
-            self.c.counters.hits.fetch_add(hits, Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        if c.rename_seq.load(Ordering::Relaxed) != r0 {
+            return None;
         }
-        Some(Ok(Ncp { e: cur.clone() }))
+        if hits > 0 {
+            c.stripe().hits.fetch_add(hits, Ordering::Relaxed);
+        }
+        Some(Ok(Fast::Entry(cur, cur_seq)))
     }
 
     /// A create or rename-target lookup: the last component's entry, locked
@@ -790,25 +1439,18 @@ impl Namecache {
         for _ in 0..RETRIES {
             let (parent, e) = self.walk(start, path, follow)?;
             let Some(parent) = parent else { return Err(Errno::Busy) };
-            let lock = Ncp { e: e.clone() }.lock(true);
+            let lock = e.lock(true);
             match e.state() {
-                State::Positive(_) => {
-                    return Ok(Locked { lock, parent: Ncp { e: parent }, exists: true })
-                }
-                State::Negative => {
-                    return Ok(Locked { lock, parent: Ncp { e: parent }, exists: false })
-                }
+                State::Positive(_) => return Ok(Locked { lock, parent, exists: true }),
+                State::Negative => return Ok(Locked { lock, parent, exists: false }),
                 // Changed while we waited for the lock: look again.
-                _ => {
-                    self.c.counters.restarts.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
+                _ => self.c.count_restart(),
             }
         }
         Err(Errno::Again)
     }
 
-    fn validate_path(path: &[u8]) -> Result<(), Errno> {
+    pub(crate) fn validate_path(path: &[u8]) -> Result<(), Errno> {
         if path.contains(&0) {
             return Err(Errno::Inval);
         }
@@ -824,22 +1466,21 @@ impl Namecache {
     /// Walks `path`; returns (parent of the last entry, last entry). The last entry
     /// may be negative (the caller decides). `None` parent: the path named the
     /// start or root itself (`/`, `.`, `..`).
-    fn walk(
+    pub(crate) fn walk(
         &self,
         start: &Ncp,
         path: &[u8],
         follow_last: bool,
-    ) -> Result<(Option<Arc<Entry>>, Arc<Entry>), Errno> {
+    ) -> Result<(Option<Ncp>, Ncp), Errno> {
         Self::validate_path(path)?;
         let mut links = 0u32;
         // The remaining path is `path[pos..]`, or `spliced[pos..]` once a symbolic
         // link has been spliced in (the only allocation of a walk).
         let mut spliced: Option<Vec<u8>> = None;
         let mut pos = 0usize;
-        let mut cur =
-            if path[0] == b'/' { self.c.root.clone() } else { self.cross_down(start.e.clone()) };
+        let mut cur = if path[0] == b'/' { self.root() } else { self.cross_down(start.clone()) };
         let mut cur_state = cur.state();
-        let mut parent: Option<Arc<Entry>> = None;
+        let mut parent: Option<Ncp> = None;
         loop {
             let buf: &[u8] = spliced.as_deref().unwrap_or(path);
             let rest = &buf[pos..];
@@ -888,7 +1529,7 @@ impl Namecache {
                                 return Err(Errno::NameTooLong);
                             }
                             if target[0] == b'/' {
-                                cur = self.c.root.clone();
+                                cur = self.root();
                                 cur_state = cur.state();
                                 parent = None;
                             }
@@ -917,403 +1558,12 @@ impl Namecache {
             pos += clen;
         }
     }
+}
 
-    /// The path of `ncp` from the root, in O(depth); works for removed entries
-    /// (flagged `deleted`).
-    pub fn fullpath(&self, ncp: &Ncp) -> FullPath {
-        let mut names: Vec<Name> = Vec::new();
-        let mut deleted = false;
-        let mut e = ncp.e.clone();
-        loop {
-            if Arc::ptr_eq(&e, &self.c.root) {
-                break;
-            }
-            if e.state() == State::Destroyed {
-                deleted = true;
-            }
-            // A mount root stands for the directory it covers.
-            let over = {
-                let m = self.c.mounts.read().unwrap_or_else(|p| p.into_inner());
-                m.get(&e.mount)
-                    .filter(|mt| Arc::ptr_eq(&mt.root, &e))
-                    .and_then(|mt| mt.over.clone())
-            };
-            if let Some(o) = over.and_then(|w| w.upgrade()) {
-                e = o;
-                continue;
-            }
-            names.push(e.name());
-            match e.parent() {
-                Some(p) => e = p,
-                None => break,
-            }
-        }
-        let mut path = Vec::new();
-        for n in names.iter().rev() {
-            path.push(b'/');
-            path.extend_from_slice(n);
-        }
-        if path.is_empty() {
-            path.push(b'/');
-        }
-        FullPath { path, deleted }
-    }
-
-    // ---- namespace changes ----------------------------------------------------------
-
-    fn split_last(path: &[u8]) -> Result<(&[u8], &[u8]), Errno> {
-        Self::validate_path(path)?;
-        let t = {
-            let mut end = path.len();
-            while end > 1 && path[end - 1] == b'/' {
-                end -= 1;
-            }
-            &path[..end]
-        };
-        match t.iter().rposition(|&b| b == b'/') {
-            Some(i) => Ok((if i == 0 { &t[..1] } else { &t[..i] }, &t[i + 1..])),
-            None => Ok((b".", t)),
-        }
-    }
-
-    /// Locks the parent directory and the last component for a change; the name
-    /// must be an ordinary component.
-    fn prepare(
-        &self,
-        start: &Ncp,
-        path: &[u8],
-        special: impl Fn(&[u8]) -> Errno,
-    ) -> Result<(Arc<Entry>, Vec<u8>, Locked), Errno> {
-        let (dir, name) = Self::split_last(path)?;
-        if name.is_empty() || name == b"/" {
-            return Err(special(b"/"));
-        }
-        check_name(name)?;
-        // The parent is resolved first: its errors come before the name's.
-        let d = self.nlookup(start, dir, Flags { follow: true, create: false })?;
-        Self::dir_ino(&d.e)?;
-        if name == b"." || name == b".." {
-            return Err(special(name));
-        }
-        let d = d.e;
-        let locked = self.nlookup_locked(&Ncp { e: d.clone() }, name, false)?;
-        Ok((d, name.to_vec(), locked))
-    }
-
-    fn make(
-        &self,
-        start: &Ncp,
-        path: &[u8],
-        kind: Kind,
-        mode: u32,
-        target: &[u8],
-    ) -> Result<Ncp, Errno> {
-        let (d, name, locked) = self.prepare(start, path, |_| Errno::Exist)?;
-        // As open(O_CREAT): a trailing slash on a file to create is EISDIR, whether
-        // or not the name exists.
-        if kind == Kind::File && path.ends_with(b"/") {
-            return Err(Errno::IsDir);
-        }
-        if locked.exists {
-            return Err(Errno::Exist);
-        }
-        if kind != Kind::Dir && path.ends_with(b"/") {
-            return Err(Errno::NotDir);
-        }
-        let dino = Self::dir_ino(&d)?;
-        let be = self.backend(d.mount)?;
-        let a = match kind {
-            Kind::Dir => be.mkdir(dino, &name, mode)?,
-            Kind::Symlink => be.symlink(dino, &name, target)?,
-            _ => be.create(dino, &name, mode)?,
-        };
-        let e = locked.lock.ncp().e;
-        {
-            let mut t = self.c.topo.write().unwrap_or_else(|p| p.into_inner());
-            if e.state() == State::Negative {
-                t.negatives = t.negatives.saturating_sub(1);
-            }
-        }
-        e.set_state(State::Positive(a));
-        Ok(Ncp { e })
-    }
-
-    /// Creates a regular file at `path`.
-    pub fn create(&self, start: &Ncp, path: &[u8], mode: u32) -> Result<Ncp, Errno> {
-        self.make(start, path, Kind::File, mode, b"")
-    }
-
-    /// Creates a directory at `path`.
-    pub fn mkdir(&self, start: &Ncp, path: &[u8], mode: u32) -> Result<Ncp, Errno> {
-        self.make(start, path, Kind::Dir, mode, b"")
-    }
-
-    /// Creates a symbolic link at `path` pointing to `target`.
-    pub fn symlink(&self, start: &Ncp, path: &[u8], target: &[u8]) -> Result<Ncp, Errno> {
-        if target.contains(&0) {
-            return Err(Errno::Inval);
-        }
-        if target.len() >= PATH_MAX {
-            return Err(Errno::NameTooLong);
-        }
-        self.make(start, path, Kind::Symlink, 0o777, target)
-    }
-
-    /// Adds a hard link `new` to the existing non-directory `old`.
-    pub fn link(&self, start: &Ncp, old: &[u8], new: &[u8]) -> Result<Ncp, Errno> {
-        let src = self.nlookup(start, old, Flags::default())?;
-        let Some(sa) = src.attr() else { return Err(Errno::NoEnt) };
-        if sa.kind == Kind::Dir {
-            return Err(Errno::Perm);
-        }
-        let (d, name, locked) = self.prepare(start, new, |_| Errno::Exist)?;
-        if locked.exists {
-            return Err(Errno::Exist);
-        }
-        if d.mount != src.e.mount {
-            return Err(Errno::XDev);
-        }
-        let a = self.backend(d.mount)?.link(sa.ino, Self::dir_ino(&d)?, &name)?;
-        let e = locked.lock.ncp().e;
-        e.set_state(State::Positive(a));
-        // Every alias of the inode now has a stale link count.
-        self.invalidate_ino(d.mount, sa.ino);
-        e.set_state(State::Positive(a));
-        Ok(Ncp { e })
-    }
-
-    fn destroy(&self, e: &Arc<Entry>) {
-        let mut t = self.c.topo.write().unwrap_or_else(|p| p.into_inner());
-        let key = (e.parent().map_or(0, |p| p.id), e.name());
-        if t.hash.get(&key).is_some_and(|x| Arc::ptr_eq(x, e)) {
-            t.hash.remove(&key);
-        }
-        if e.state() == State::Negative {
-            t.negatives = t.negatives.saturating_sub(1);
-        }
-        drop(t);
-        e.set_state(State::Destroyed);
-    }
-
-    fn remove_common(&self, start: &Ncp, path: &[u8], dir: bool) -> Result<(), Errno> {
-        // unlink of `.`, `..` or `/` is EISDIR; rmdir of `.` is EINVAL, of `..`
-        // ENOTEMPTY, of `/` EBUSY (Linux).
-        let special = |n: &[u8]| match (dir, n) {
-            (false, _) => Errno::IsDir,
-            (true, b".") => Errno::Inval,
-            (true, b"..") => Errno::NotEmpty,
-            (true, _) => Errno::Busy,
-        };
-        let (d, name, locked) = self.prepare(start, path, special)?;
-        if !locked.exists {
-            return Err(Errno::NoEnt);
-        }
-        let e = locked.lock.ncp().e;
-        let Some(a) = (Ncp { e: e.clone() }).attr() else { return Err(Errno::NoEnt) };
-        if e.mount != d.mount || e.covered_by.load(Ordering::Acquire) != 0 {
-            return Err(Errno::Busy);
-        }
-        let dino = Self::dir_ino(&d)?;
-        let be = self.backend(d.mount)?;
-        if dir {
-            if a.kind != Kind::Dir {
-                return Err(Errno::NotDir);
-            }
-            be.rmdir(dino, &name)?;
-        } else {
-            if a.kind == Kind::Dir {
-                return Err(Errno::IsDir);
-            }
-            if path.ends_with(b"/") {
-                return Err(Errno::NotDir);
-            }
-            be.remove(dino, &name)?;
-        }
-        self.destroy(&e);
-        if a.kind != Kind::Dir {
-            self.invalidate_ino(d.mount, a.ino);
-        }
-        Ok(())
-    }
-
-    /// Removes the non-directory at `path`.
-    pub fn unlink(&self, start: &Ncp, path: &[u8]) -> Result<(), Errno> {
-        self.remove_common(start, path, false)
-    }
-
-    /// Removes the empty directory at `path`.
-    pub fn rmdir(&self, start: &Ncp, path: &[u8]) -> Result<(), Errno> {
-        self.remove_common(start, path, true)
-    }
-
-    /// Renames `from` to `to` (POSIX `rename(2)`): the source entry itself is
-    /// relinked, so handles inside a renamed directory stay valid and their
-    /// `fullpath` shows the new path; a replaced target is destroyed.
-    pub fn rename(&self, start: &Ncp, from: &[u8], to: &[u8]) -> Result<(), Errno> {
-        let _serial = self.c.rename_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let (fname_dir, fname) = Self::split_last(from)?;
-        let (tname_dir, tname) = Self::split_last(to)?;
-        for n in [fname, tname] {
-            if n == b"." || n == b".." || n == b"/" {
-                return Err(if n == b"/" { Errno::Busy } else { Errno::Inval });
-            }
-            check_name(n)?;
-        }
-        let sd = self.nlookup(start, fname_dir, Flags { follow: true, create: false })?.e;
-        let sdino = Self::dir_ino(&sd)?;
-        let td = self.nlookup(start, tname_dir, Flags { follow: true, create: false })?.e;
-        let tdino = Self::dir_ino(&td)?;
-        let (src, _) = self.child(&sd, sd.state(), fname)?;
-        let Some(sa) = (Ncp { e: src.clone() }).attr() else { return Err(Errno::NoEnt) };
-        if from.ends_with(b"/") && sa.kind != Kind::Dir {
-            return Err(Errno::NotDir);
-        }
-        if sd.mount != td.mount {
-            return Err(Errno::XDev);
-        }
-        let (dst, _) = self.child(&td, td.state(), tname)?;
-        let da = (Ncp { e: dst.clone() }).attr();
-        if to.ends_with(b"/") && sa.kind != Kind::Dir {
-            return Err(Errno::NotDir);
-        }
-        if let Some(da) = da {
-            if da.ino == sa.ino {
-                // The same file (or two links to it): nothing to do.
-                return Ok(());
-            }
-            match (sa.kind == Kind::Dir, da.kind == Kind::Dir) {
-                (true, false) => return Err(Errno::NotDir),
-                (false, true) => return Err(Errno::IsDir),
-                _ => {}
-            }
-        }
-        if sa.kind == Kind::Dir {
-            // Not into its own subtree: walk up from the target directory.
-            let mut p = Some(td.clone());
-            while let Some(x) = p {
-                if Arc::ptr_eq(&x, &src) {
-                    return Err(Errno::Inval);
-                }
-                p = x.parent();
-            }
-        }
-        for (e, dir) in [(&src, &sd), (&dst, &td)] {
-            // A mount point (or a mount's root, which stands in for it) cannot move.
-            if e.mount != dir.mount || e.covered_by.load(Ordering::Acquire) != 0 {
-                return Err(Errno::Busy);
-            }
-        }
-        let (first, second) = if src.id < dst.id { (&src, &dst) } else { (&dst, &src) };
-        let _l1 = Ncp { e: first.clone() }.lock(true);
-        let _l2 = Ncp { e: second.clone() }.lock(true);
-        self.backend(sd.mount)?.rename(sdino, fname, tdino, tname)?;
-        // Relink: the target entry is destroyed; the source takes its place.
-        let mut t = self.c.topo.write().unwrap_or_else(|p| p.into_inner());
-        let dkey = (td.id, Name::from_slice(tname));
-        if let Some(old) = t.hash.remove(&dkey) {
-            if old.state() == State::Negative {
-                t.negatives = t.negatives.saturating_sub(1);
-            }
-            old.set_state(State::Destroyed);
-        }
-        let skey = (sd.id, Name::from_slice(fname));
-        if t.hash.get(&skey).is_some_and(|x| Arc::ptr_eq(x, &src)) {
-            t.hash.remove(&skey);
-        }
-        {
-            let mut l = src.link.write().unwrap_or_else(|p| p.into_inner());
-            l.parent = Some(td.clone());
-            l.name = Name::from_slice(tname);
-        }
-        t.hash.insert(dkey, src.clone());
-        drop(t);
-        src.gen.fetch_add(1, Ordering::Release);
-        if let Some(da) = da {
-            if da.kind != Kind::Dir {
-                self.invalidate_ino(sd.mount, da.ino);
-            }
-        }
-        Ok(())
-    }
-
-    /// The attributes of the file at `path` (following a final symlink).
-    pub fn stat(&self, start: &Ncp, path: &[u8]) -> Result<Attr, Errno> {
-        self.nlookup(start, path, Flags { follow: true, create: false })?.attr().ok_or(Errno::NoEnt)
-    }
-
-    /// The attributes of the file at `path` (not following a final symlink).
-    pub fn lstat(&self, start: &Ncp, path: &[u8]) -> Result<Attr, Errno> {
-        self.nlookup(start, path, Flags::default())?.attr().ok_or(Errno::NoEnt)
-    }
-
-    /// The target of the symbolic link at `path`.
-    pub fn readlink(&self, start: &Ncp, path: &[u8]) -> Result<Vec<u8>, Errno> {
-        let n = self.nlookup(start, path, Flags::default())?;
-        match n.attr() {
-            Some(a) if a.kind == Kind::Symlink => Ok(self.readlink_cached(&n.e)?.to_vec()),
-            Some(_) => Err(Errno::Inval),
-            None => Err(Errno::NoEnt),
-        }
-    }
-
-    /// The names in the directory at `path` (from the backend; not cached).
-    pub fn readdir(&self, start: &Ncp, path: &[u8]) -> Result<Vec<(Vec<u8>, Attr)>, Errno> {
-        let d = self.nlookup(start, path, Flags { follow: true, create: false })?;
-        let ino = Self::dir_ino(&d.e)?;
-        self.backend(d.e.mount)?.readdir(ino)
-    }
-
-    // ---- invalidation -----------------------------------------------------------
-
-    /// Forgets what is cached about `ncp` (it is resolved again on next use).
-    pub fn invalidate(&self, ncp: &Ncp) {
-        let e = &ncp.e;
-        let _r = e.resolve.lock().unwrap_or_else(|p| p.into_inner());
-        match e.state() {
-            State::Destroyed => {}
-            State::Negative => {
-                let mut t = self.c.topo.write().unwrap_or_else(|p| p.into_inner());
-                t.negatives = t.negatives.saturating_sub(1);
-                drop(t);
-                e.set_state(State::Unresolved);
-            }
-            _ if Arc::ptr_eq(e, &self.c.root) => {}
-            _ => e.set_state(State::Unresolved),
-        }
-        *e.symlink.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    }
-
-    /// Forgets every cached child of directory `dir`.
-    pub fn invalidate_children(&self, dir: &Ncp) {
-        let kids: Vec<Arc<Entry>> = {
-            let t = self.c.topo.read().unwrap_or_else(|p| p.into_inner());
-            t.hash.iter().filter(|((pid, _), _)| *pid == dir.e.id).map(|(_, e)| e.clone()).collect()
-        };
-        for k in kids {
-            self.invalidate(&Ncp { e: k });
-        }
-    }
-
-    /// Forgets every entry of backend `mount` naming inode `ino` (all its hard-link
-    /// aliases).
-    fn invalidate_ino(&self, mount: u64, ino: Ino) {
-        let hits: Vec<Arc<Entry>> = {
-            let t = self.c.topo.read().unwrap_or_else(|p| p.into_inner());
-            t.hash
-                .values()
-                .filter(|e| {
-                    e.mount == mount && matches!(e.state(), State::Positive(a) if a.ino == ino)
-                })
-                .cloned()
-                .collect()
-        };
-        for e in hits {
-            self.invalidate(&Ncp { e });
-        }
-    }
-
-    /// Forgets every entry naming backend inode `ino` in the root mount (aliases).
-    pub fn invalidate_backend_id(&self, ino: Ino) {
-        self.invalidate_ino(0, ino);
-    }
+/// What the hit path found.
+enum Fast {
+    /// This slot, at this sequence.
+    Entry(u32, u32),
+    /// A cached negative last component.
+    Missing,
 }

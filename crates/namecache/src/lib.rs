@@ -35,14 +35,16 @@ mod cache;
 mod errno;
 mod hostfs;
 mod memfs;
+mod ops;
+mod slots;
 
 #[cfg(test)]
 mod tests;
 
 pub use backend::{Attr, Backend, Ino, Kind};
 pub use cache::{
-    Flags, FullPath, Locked, Namecache, NcLock, NcStats, Ncp, DEFAULT_NEGATIVE_CAP, INLINE_NAME,
-    NAME_MAX, PATH_MAX, SYMLINK_MAX,
+    Flags, FullPath, Limits, Locked, Namecache, NcLock, NcStats, Ncp, DEFAULT_ENTRY_CAP,
+    DEFAULT_NEGATIVE_CAP, INLINE_NAME, NAME_MAX, PATH_MAX, SYMLINK_MAX,
 };
 pub use errno::Errno;
 pub use hostfs::HostFs;

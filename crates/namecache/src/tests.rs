@@ -765,3 +765,172 @@ fn host_backend_stays_inside_its_root() {
     assert_eq!(nc.stat(&r, b"/abs").unwrap().kind, Kind::File, "absolute means the jail's root");
     let _ = std::fs::remove_dir_all(&outer);
 }
+
+// ---- limits, hit path, invalidation ---------------------------------------------------
+
+#[test]
+fn per_parent_negative_cap_holds_with_hysteresis() {
+    let fs = Arc::new(MemFs::new());
+    let limits = Limits { negative: 10_000, negative_per_parent: 100, entries: 1 << 20 };
+    let nc = Namecache::with_limits(fs, limits);
+    let r = nc.root();
+    let d = nc.mkdir(&r, b"/d", 0o755).unwrap();
+    for i in 0..3_000u32 {
+        let _ = nc.stat(&r, format!("/d/miss{i}").as_bytes());
+        assert!(nc.negatives_under(&d) <= 100 + 100 / 8 + 1);
+    }
+    // Another directory keeps its own allowance.
+    for i in 0..50u32 {
+        let _ = nc.stat(&r, format!("/other{i}").as_bytes());
+    }
+    assert_eq!(nc.negatives_under(&r), 50);
+    let s = nc.stats();
+    assert!(s.evictions > 0);
+    assert_eq!(s.negatives as usize, nc.negatives_under(&d) + 50);
+}
+
+#[test]
+fn positive_cap_evicts_unreferenced_leaves_only() {
+    let fs = Arc::new(MemFs::new());
+    let limits = Limits { negative: 1000, negative_per_parent: 1000, entries: 200 };
+    let nc = Namecache::with_limits(fs, limits);
+    let r = nc.root();
+    nc.mkdir(&r, b"/d", 0o755).unwrap();
+    let keep = nc.create(&r, b"/d/keep", 0o644).unwrap();
+    for i in 0..2_000u32 {
+        nc.create(&r, format!("/d/f{i}").as_bytes(), 0o644).unwrap();
+        let s = nc.stats();
+        assert!((s.entries - s.negatives) as usize <= 200 + 200 / 8 + 2);
+    }
+    assert!(nc.stats().evictions > 0);
+    // The held entry and its parent survived; evicted names are found again.
+    assert!(!keep.is_destroyed());
+    assert_eq!(nc.fullpath(&keep).path, b"/d/keep");
+    assert_eq!(nc.nlookup(&r, b"/d/keep", Flags::default()).unwrap(), keep);
+    for i in (0..2_000u32).step_by(97) {
+        assert_eq!(nc.stat(&r, format!("/d/f{i}").as_bytes()).unwrap().kind, Kind::File);
+    }
+}
+
+#[test]
+fn the_hit_path_pins_nothing_and_counts_hits() {
+    let (nc, fs) = nc();
+    let r = nc.root();
+    nc.mkdir(&r, b"/a", 0o755).unwrap();
+    nc.mkdir(&r, b"/a/b", 0o755).unwrap();
+    let f = nc.create(&r, b"/a/b/f", 0o644).unwrap();
+    let a = nc.nlookup(&r, b"/a", Flags::default()).unwrap();
+    let refs = |n: &Ncp| nc.c.arena.get(n.idx).refs.load(std::sync::atomic::Ordering::SeqCst);
+    let (ra, rf) = (refs(&a), refs(&f));
+    let calls = fs.lookup_calls();
+    let s0 = nc.stats();
+    for _ in 0..100 {
+        assert_eq!(nc.stat(&r, b"/a/b/f").unwrap().kind, Kind::File);
+        assert_eq!(nc.stat(&r, b"/a/b/nope").unwrap_err(), Errno::NoEnt);
+    }
+    assert_eq!((refs(&a), refs(&f)), (ra, rf), "no reference counts touched");
+    assert_eq!(fs.lookup_calls() - calls, 1, "only the first miss asked the backend");
+    let s1 = nc.stats();
+    assert_eq!(s1.hits - s0.hits, 100 * 3 + 100 * 2);
+    assert_eq!(s1.negative_hits - s0.negative_hits, 99);
+    // A handle from the hit path holds exactly one more reference.
+    let h = nc.nlookup(&r, b"/a/b/f", Flags::default()).unwrap();
+    assert_eq!(refs(&f), rf + 1);
+    drop(h);
+    assert_eq!(refs(&f), rf);
+}
+
+#[test]
+fn negative_generation_makes_negatives_stale() {
+    let (nc, fs) = nc();
+    let r = nc.root();
+    assert_eq!(nc.stat(&r, b"/late").unwrap_err(), Errno::NoEnt);
+    // The backend changes behind the cache.
+    fs.create(fs.root(), b"late", 0o644).unwrap();
+    assert_eq!(nc.stat(&r, b"/late").unwrap_err(), Errno::NoEnt, "still cached");
+    nc.invalidate_negatives();
+    assert_eq!(nc.stat(&r, b"/late").unwrap().kind, Kind::File);
+    // Invalidation by entry and by children.
+    fs.remove(fs.root(), b"late").unwrap();
+    let d = nc.root();
+    nc.invalidate_children(&d);
+    assert_eq!(nc.stat(&r, b"/late").unwrap_err(), Errno::NoEnt);
+}
+
+#[test]
+fn generation_changes_with_state_and_rename() {
+    let (nc, _) = nc();
+    let r = nc.root();
+    let f = nc.create(&r, b"/f", 0o644).unwrap();
+    let g0 = f.generation();
+    nc.rename(&r, b"/f", b"/g").unwrap();
+    assert_ne!(f.generation(), g0);
+    assert_eq!(f.name(), b"g");
+    let long = vec![b'L'; 200];
+    let mut p = b"/".to_vec();
+    p.extend_from_slice(&long);
+    nc.rename(&r, b"/g", &p).unwrap();
+    assert_eq!(f.name(), long);
+    assert_eq!(nc.fullpath(&f).path, p);
+    assert_eq!(nc.nlookup(&r, &p, Flags::default()).unwrap(), f);
+}
+
+#[test]
+fn lookups_stay_correct_under_eviction_and_renames() {
+    let fs = Arc::new(MemFs::new());
+    let limits = Limits { negative: 64, negative_per_parent: 16, entries: 48 };
+    let nc = Namecache::with_limits(fs, limits);
+    let r = nc.root();
+    for d in ["/x", "/x/y"] {
+        nc.mkdir(&r, d.as_bytes(), 0o755).unwrap();
+    }
+    for i in 0..40u32 {
+        nc.create(&r, format!("/x/y/f{i}").as_bytes(), 0o644).unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|t| {
+            let (nc, r, stop) = (nc.clone(), r.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let t0 = Instant::now();
+                let mut n = 0u32;
+                while (n < 300 || !stop.load(Ordering::Relaxed))
+                    && t0.elapsed() < Duration::from_secs(5)
+                {
+                    n += 1;
+                    let i = (n * 7 + t) % 40;
+                    for top in ["x", "z"] {
+                        let p = format!("/{top}/y/f{i}");
+                        match nc.nlookup(&r, p.as_bytes(), Flags::default()) {
+                            Ok(h) => {
+                                assert_eq!(h.attr().map(|a| a.kind), Some(Kind::File));
+                                let fp = nc.fullpath(&h).path;
+                                let tail = format!("/y/f{i}");
+                                assert!(
+                                    fp.ends_with(tail.as_bytes()),
+                                    "{:?}",
+                                    String::from_utf8_lossy(&fp)
+                                );
+                            }
+                            Err(e) => assert_eq!(e, Errno::NoEnt),
+                        }
+                    }
+                    let _ = nc.stat(&r, format!("/x/miss{n}").as_bytes());
+                }
+            })
+        })
+        .collect();
+    for k in 0..300 {
+        let (a, b) = if k % 2 == 0 { (&b"/x"[..], &b"/z"[..]) } else { (&b"/z"[..], &b"/x"[..]) };
+        nc.rename(&r, a, b).unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in readers {
+        h.join().unwrap();
+    }
+    for i in 0..40u32 {
+        assert!(nc.stat(&r, format!("/x/y/f{i}").as_bytes()).is_ok());
+    }
+    let s = nc.stats();
+    assert!(s.negatives <= 64 + 8 + 1);
+}

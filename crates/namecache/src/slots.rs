@@ -1,0 +1,468 @@
+//! Entry storage: a segmented arena of entry slots made only of atomics, and the
+//! (parent, name) index over it, so that a cached lookup can read entries without
+//! taking a lock, bumping a reference count or writing any shared cache line.
+//!
+//! # Slots
+//! An entry is a [`Slot`] in the [`Arena`], named by its index (`u32`). The arena
+//! grows by segments that are never freed or moved while the cache lives, so a
+//! `&Slot` obtained from an index stays a valid reference; a slot is *reused* after
+//! its entry is freed, which readers detect through the slot's sequence count.
+//!
+//! # Who writes what
+//! - `seq`, `parent`, `meta` (state code, name length, flags), `name`, `mount`,
+//!   `ino`, `size`, `nlink`, `mode`: written only by a thread holding the cache's
+//!   topology mutex, inside [`Slot::begin_write`]/[`Slot::end_write`] (a seqlock:
+//!   `seq` is odd during the write). Readers without the mutex read them with
+//!   [`Slot::read`] or the fast path's own validated loads, and retry or fall back
+//!   when `seq` was odd or changed.
+//! - `refs`: changed by anyone with `fetch_add`/`fetch_sub`, never stored. A reader
+//!   that pins an entry it found without the mutex increments `refs` *then*
+//!   re-reads `seq`; a thread that frees or evicts an entry makes `seq` odd *then*
+//!   reads `refs` (both `SeqCst`), so either the reader sees the change and drops
+//!   its count again, or the freer sees the count and keeps the entry.
+//! - `lock`: the entry's shared/exclusive lock and its "resolving" bit, changed by
+//!   compare-and-swap; waiters park on the cache's wait table.
+//! - `covered_by`: the id of a mount covering this directory (0 if none), written
+//!   under the cache's rename lock.
+//!
+//! # Index
+//! An open-addressed table of `u32` cells (`0` empty, [`TOMB`] removed, otherwise
+//! slot index + 1). Only mutex holders change cells. Readers probe without a lock
+//! and verify every candidate against the slot's own (parent, name) under its
+//! seqlock, so a reader can miss an entry that is being moved (it then takes the
+//! locked path) but never returns a wrong one. Growth publishes a new, larger level;
+//! older levels stay allocated (readers may still be probing them) and only lead to
+//! verified hits or harmless misses.
+//!
+//! Must never happen: a slot field other than `refs`/`lock`/`covered_by` written
+//! without the mutex; `refs` stored rather than added to (a reader's transient
+//! count would be lost); a freed slot's segment deallocated while the cache lives.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::OnceLock;
+
+use dfly_core::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+/// No slot (the root's parent; an empty cell).
+pub(crate) const NIL: u32 = u32::MAX;
+/// An index cell whose entry was removed.
+pub(crate) const TOMB: u32 = u32::MAX;
+
+/// State codes kept in the low byte of `Slot::meta`.
+pub(crate) const C_FREE: u32 = 0;
+pub(crate) const C_UNRESOLVED: u32 = 1;
+pub(crate) const C_NEGATIVE: u32 = 2;
+pub(crate) const C_DESTROYED: u32 = 3;
+pub(crate) const C_DIR: u32 = 4;
+pub(crate) const C_FILE: u32 = 5;
+pub(crate) const C_SYMLINK: u32 = 6;
+pub(crate) const C_OTHER: u32 = 7;
+
+/// `meta` flag: the entry is in the index.
+pub(crate) const F_HASHED: u32 = 1 << 16;
+
+/// Names up to this many bytes are stored inline in the slot.
+pub(crate) const INLINE: usize = 32;
+
+/// `lock` bits: exclusive holder, a resolve in progress, shared holders below.
+pub(crate) const L_WRITER: u32 = 1 << 31;
+pub(crate) const L_RESOLVING: u32 = 1 << 30;
+pub(crate) const L_READERS: u32 = L_RESOLVING - 1;
+
+/// One entry. 88 bytes; see the module docs for who writes which field.
+#[derive(Debug, Default)]
+pub(crate) struct Slot {
+    pub(crate) seq: AtomicU32,
+    pub(crate) parent: AtomicU32,
+    pub(crate) refs: AtomicU32,
+    pub(crate) lock: AtomicU32,
+    pub(crate) mount: AtomicU32,
+    pub(crate) covered_by: AtomicU32,
+    /// State code (bits 0..8), name length (bits 8..16), flags (bits 16..).
+    pub(crate) meta: AtomicU32,
+    /// The first 32 bytes of the name, little-endian, zero padded.
+    pub(crate) name: [AtomicU64; 4],
+    /// Inode (positive); the negative generation stamp (negative).
+    pub(crate) ino: AtomicU64,
+    pub(crate) size: AtomicU64,
+    pub(crate) nlink: AtomicU32,
+    pub(crate) mode: AtomicU32,
+}
+
+/// A consistent copy of a slot's seqlocked fields.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Snap {
+    pub(crate) seq: u32,
+    pub(crate) parent: u32,
+    pub(crate) meta: u32,
+    pub(crate) mount: u32,
+    pub(crate) words: [u64; 4],
+    pub(crate) ino: u64,
+    pub(crate) size: u64,
+    pub(crate) nlink: u32,
+    pub(crate) mode: u32,
+}
+
+impl Snap {
+    pub(crate) fn code(&self) -> u32 {
+        self.meta & 0xff
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        ((self.meta >> 8) & 0xff) as usize
+    }
+
+    pub(crate) fn hashed(&self) -> bool {
+        self.meta & F_HASHED != 0
+    }
+}
+
+/// Packs the first 32 bytes of `name` into words (zero padded).
+pub(crate) fn pack(name: &[u8]) -> [u64; 4] {
+    let mut w = [0u64; 4];
+    for (i, chunk) in name.iter().take(INLINE).copied().enumerate() {
+        w[i / 8] |= u64::from(chunk) << ((i % 8) * 8);
+    }
+    w
+}
+
+/// The bytes of packed words, `len` of them (at most 32).
+pub(crate) fn unpack(w: &[u64; 4], len: usize) -> Vec<u8> {
+    (0..len.min(INLINE)).map(|i| (w[i / 8] >> ((i % 8) * 8)) as u8).collect()
+}
+
+impl Slot {
+    /// Reads the seqlocked fields, retrying while a writer is inside: a few spins,
+    /// then `wait` (which blocks until the writer is done: writers hold the
+    /// topology mutex, so the caller passes "take and drop that mutex").
+    pub(crate) fn read_with(&self, wait: impl Fn()) -> Snap {
+        let mut spins = 0u32;
+        loop {
+            if let Some(s) = self.try_read() {
+                return s;
+            }
+            spins += 1;
+            if spins > 64 {
+                wait();
+            } else {
+                dfly_core::sync::spin_loop();
+            }
+        }
+    }
+
+    /// One attempt at [`read_with`](Self::read_with).
+    pub(crate) fn try_read(&self) -> Option<Snap> {
+        let seq = self.seq.load(Ordering::Acquire);
+        if seq & 1 != 0 {
+            return None;
+        }
+        let s = Snap {
+            seq,
+            parent: self.parent.load(Ordering::Relaxed),
+            meta: self.meta.load(Ordering::Relaxed),
+            mount: self.mount.load(Ordering::Relaxed),
+            words: [
+                self.name[0].load(Ordering::Relaxed),
+                self.name[1].load(Ordering::Relaxed),
+                self.name[2].load(Ordering::Relaxed),
+                self.name[3].load(Ordering::Relaxed),
+            ],
+            ino: self.ino.load(Ordering::Relaxed),
+            size: self.size.load(Ordering::Relaxed),
+            nlink: self.nlink.load(Ordering::Relaxed),
+            mode: self.mode.load(Ordering::Relaxed),
+        };
+        fence(Ordering::Acquire);
+        (self.seq.load(Ordering::Relaxed) == seq).then_some(s)
+    }
+
+    /// Is this slot, right now, the entry `name` (length `len`, packed `words`)
+    /// under `parent`? Returns its (seq, meta, ino) if so. No writes.
+    #[inline]
+    pub(crate) fn matches(
+        &self,
+        parent: u32,
+        len: usize,
+        words: &[u64; 4],
+    ) -> Option<(u32, u32, u64)> {
+        let seq = self.seq.load(Ordering::Acquire);
+        if seq & 1 != 0 {
+            return None;
+        }
+        let meta = self.meta.load(Ordering::Relaxed);
+        let ok = self.parent.load(Ordering::Relaxed) == parent
+            && ((meta >> 8) & 0xff) as usize == len
+            && self.name[0].load(Ordering::Relaxed) == words[0]
+            && self.name[1].load(Ordering::Relaxed) == words[1]
+            && self.name[2].load(Ordering::Relaxed) == words[2]
+            && self.name[3].load(Ordering::Relaxed) == words[3];
+        let ino = self.ino.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        (ok && self.seq.load(Ordering::Relaxed) == seq).then_some((seq, meta, ino))
+    }
+
+    /// Opens a write (mutex held): `seq` becomes odd. Ends with a full fence so a
+    /// following `refs` check is ordered after it (the pin protocol).
+    pub(crate) fn begin_write(&self) {
+        let s = self.seq.load(Ordering::Relaxed);
+        self.seq.store(s.wrapping_add(1), Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+    }
+
+    /// Closes a write: `seq` is even again (and different).
+    pub(crate) fn end_write(&self) {
+        let s = self.seq.load(Ordering::Relaxed);
+        self.seq.store(s.wrapping_add(1), Ordering::Release);
+    }
+
+    pub(crate) fn set_meta(&self, code: u32, len: usize, flags: u32) {
+        self.meta.store(code | ((len.min(255) as u32) << 8) | flags, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_name(&self, name: &[u8]) {
+        for (a, w) in self.name.iter().zip(pack(name)) {
+            a.store(w, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Slots in segments: segment `k` holds `1024 << k` slots, so an index maps to a
+/// segment with one leading-zero count and segments never move.
+#[derive(Debug)]
+pub(crate) struct Arena {
+    segs: Box<[OnceLock<Box<[Slot]>>]>,
+}
+
+const SEG0_BITS: u32 = 10;
+const SEGS: usize = 22;
+/// Most slots an arena can hold.
+pub(crate) const MAX_SLOTS: u32 = (1u32 << 31) - 1;
+
+fn locate(i: u32) -> (usize, usize) {
+    let j = u64::from(i) + (1u64 << SEG0_BITS);
+    let lvl = 63 - j.leading_zeros() - SEG0_BITS;
+    (lvl as usize, (j - (1u64 << (lvl + SEG0_BITS))) as usize)
+}
+
+impl Arena {
+    pub(crate) fn new() -> Arena {
+        Arena { segs: (0..SEGS).map(|_| OnceLock::new()).collect() }
+    }
+
+    /// The slot at `i`, which must have been made available by
+    /// [`ensure`](Self::ensure) (every index the cache hands around has been).
+    #[inline]
+    pub(crate) fn get(&self, i: u32) -> &Slot {
+        let (l, o) = locate(i);
+        match self.segs[l].get() {
+            Some(seg) => &seg[o],
+            None => unreachable!("slot {i} used before its segment was made"),
+        }
+    }
+
+    /// Makes slot `i` addressable.
+    pub(crate) fn ensure(&self, i: u32) {
+        let (l, _) = locate(i);
+        self.segs[l].get_or_init(|| {
+            (0..(1usize << (l as u32 + SEG0_BITS))).map(|_| Slot::default()).collect()
+        });
+    }
+
+    /// Bytes allocated for slots.
+    pub(crate) fn bytes(&self) -> usize {
+        self.segs.iter().filter_map(|s| s.get()).map(|s| std::mem::size_of_val(&**s)).sum()
+    }
+}
+
+/// The (parent, name) index; see the module docs.
+#[derive(Debug)]
+pub(crate) struct Index {
+    levels: Box<[OnceLock<Box<[AtomicU32]>>]>,
+    cur: AtomicUsize,
+    hasher: RandomState,
+}
+
+const T0_BITS: u32 = 10;
+
+/// Bookkeeping for index writers (kept under the topology mutex).
+#[derive(Debug, Default)]
+pub(crate) struct IndexCounts {
+    pub(crate) live: usize,
+    pub(crate) tombs: usize,
+}
+
+impl Index {
+    pub(crate) fn new() -> Index {
+        let levels: Box<[OnceLock<Box<[AtomicU32]>>]> = (0..22).map(|_| OnceLock::new()).collect();
+        levels[0].get_or_init(|| table(0));
+        Index { levels, cur: AtomicUsize::new(0), hasher: RandomState::new() }
+    }
+
+    /// The keyed (SipHash, random keys) hash of (parent, name).
+    #[inline]
+    pub(crate) fn hash(&self, parent: u32, name: &[u8]) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        h.write_u32(parent);
+        h.write(name);
+        h.finish()
+    }
+
+    fn current(&self) -> &[AtomicU32] {
+        let lvl = self.cur.load(Ordering::Acquire);
+        match self.levels[lvl].get() {
+            Some(t) => t,
+            None => unreachable!("index level {lvl} published before it was made"),
+        }
+    }
+
+    /// Calls `f` with each candidate slot index for hash `h` until it returns
+    /// `Some`. No writes.
+    #[inline]
+    pub(crate) fn probe<R>(&self, h: u64, mut f: impl FnMut(u32) -> Option<R>) -> Option<R> {
+        let t = self.current();
+        let mask = t.len() - 1;
+        let mut i = h as usize & mask;
+        for _ in 0..t.len() {
+            match t[i].load(Ordering::Acquire) {
+                0 => return None,
+                TOMB => {}
+                v => {
+                    if let Some(r) = f(v - 1) {
+                        return Some(r);
+                    }
+                }
+            }
+            i = (i + 1) & mask;
+        }
+        None
+    }
+
+    /// Inserts `idx` under hash `h` (mutex held; the key must be absent). `rehash`
+    /// gives the hash of a live slot, for growth and cleaning.
+    pub(crate) fn insert(
+        &self,
+        n: &mut IndexCounts,
+        h: u64,
+        idx: u32,
+        rehash: impl Fn(u32) -> u64,
+    ) {
+        let len = self.current().len();
+        if (n.live + 1) * 2 > len {
+            self.rebuild(n, true, &rehash);
+        } else if (n.live + n.tombs + 1) * 4 > len * 3 {
+            self.rebuild(n, false, &rehash);
+        }
+        let t = self.current();
+        let mask = t.len() - 1;
+        let mut i = h as usize & mask;
+        loop {
+            let v = t[i].load(Ordering::Relaxed);
+            if v == 0 || v == TOMB {
+                if v == TOMB {
+                    n.tombs -= 1;
+                }
+                t[i].store(idx + 1, Ordering::Release);
+                n.live += 1;
+                return;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Removes `idx` (hash `h`) if present (mutex held).
+    pub(crate) fn remove(&self, n: &mut IndexCounts, h: u64, idx: u32) -> bool {
+        let t = self.current();
+        let mask = t.len() - 1;
+        let mut i = h as usize & mask;
+        for _ in 0..t.len() {
+            match t[i].load(Ordering::Relaxed) {
+                0 => return false,
+                v if v == idx.wrapping_add(1) => {
+                    t[i].store(TOMB, Ordering::Release);
+                    n.live -= 1;
+                    n.tombs += 1;
+                    return true;
+                }
+                _ => {}
+            }
+            i = (i + 1) & mask;
+        }
+        false
+    }
+
+    /// Re-inserts every live cell, into a table twice as large if `grow` (a new
+    /// level, published when full) or into the current one cleared of tombstones.
+    /// Concurrent readers may miss entries meanwhile; they fall back to the locked
+    /// path, which waits for the mutex this runs under.
+    fn rebuild(&self, n: &mut IndexCounts, grow: bool, rehash: &impl Fn(u32) -> u64) {
+        let old = self.current();
+        let live: Vec<u32> = old
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .filter(|&v| v != 0 && v != TOMB)
+            .map(|v| v - 1)
+            .collect();
+        let lvl = self.cur.load(Ordering::Relaxed);
+        let (t, next): (&[AtomicU32], usize) = if grow && lvl + 1 < self.levels.len() {
+            (self.levels[lvl + 1].get_or_init(|| table(lvl + 1)), lvl + 1)
+        } else {
+            for c in old.iter() {
+                c.store(0, Ordering::Release);
+            }
+            (old, lvl)
+        };
+        let mask = t.len() - 1;
+        for idx in live {
+            let mut i = rehash(idx) as usize & mask;
+            while t[i].load(Ordering::Relaxed) != 0 {
+                i = (i + 1) & mask;
+            }
+            t[i].store(idx + 1, Ordering::Release);
+        }
+        n.tombs = 0;
+        self.cur.store(next, Ordering::Release);
+    }
+
+    /// Bytes allocated for index cells.
+    pub(crate) fn bytes(&self) -> usize {
+        self.levels.iter().filter_map(|s| s.get()).map(|s| s.len() * 4).sum()
+    }
+}
+
+fn table(level: usize) -> Box<[AtomicU32]> {
+    (0..(1usize << (T0_BITS as usize + level))).map(|_| AtomicU32::new(0)).collect()
+}
+
+/// This thread's stripe number (for counters and handle reference stripes).
+pub(crate) fn stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    std::thread_local! {
+        static ID: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    ID.with(|i| *i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_cover_indices_without_gaps() {
+        assert_eq!(locate(0), (0, 0));
+        assert_eq!(locate(1023), (0, 1023));
+        assert_eq!(locate(1024), (1, 0));
+        assert_eq!(locate(3071), (1, 2047));
+        assert_eq!(locate(3072), (2, 0));
+        let (l, o) = locate(MAX_SLOTS);
+        assert!(l < SEGS && o < (1usize << (l as u32 + SEG0_BITS)));
+    }
+
+    #[test]
+    fn names_pack_and_unpack() {
+        let n = b"abcdefghijklmnopqrstuvwxyz012345";
+        assert_eq!(unpack(&pack(n), 32), n.to_vec());
+        assert_eq!(unpack(&pack(b"\xff\x00x"), 3), b"\xff\x00x".to_vec());
+        assert_eq!(std::mem::size_of::<Slot>(), 88);
+    }
+}
