@@ -695,7 +695,7 @@ impl Cache {
     fn trim_negatives(&self, t: &mut Topo, parent: u32) {
         let cap = self.limits.negative;
         if t.negatives > cap + cap / 8 + 1 {
-            let mut budget = t.neg_order.len();
+            let mut budget = t.neg_order.len().min(2 * (t.negatives - cap) + 64);
             while t.negatives > cap && budget > 0 {
                 budget -= 1;
                 let Some((idx, seq)) = t.neg_order.pop_front() else { break };
@@ -712,11 +712,11 @@ impl Cache {
             t.neg_order = q.into_iter().filter(|&(i, s)| self.neg_current(i, s)).collect();
         }
         let pcap = self.limits.negative_per_parent;
-        let Some(pn) = t.per_parent.get(&parent) else { return };
-        if pn.live > pcap + pcap / 8 + 1 {
+        let Some(live) = t.per_parent.get(&parent).map(|p| p.live) else { return };
+        if live > pcap + pcap / 8 + 1 {
             let mut q =
                 t.per_parent.get_mut(&parent).map(|p| std::mem::take(&mut p.q)).unwrap_or_default();
-            let mut budget = q.len();
+            let mut budget = q.len().min(2 * (live - pcap) + 64);
             while t.per_parent.get(&parent).is_some_and(|p| p.live > pcap) && budget > 0 {
                 budget -= 1;
                 let Some((idx, seq)) = q.pop_front() else { break };
@@ -744,7 +744,7 @@ impl Cache {
         let cap = self.limits.entries;
         let positives = |t: &Topo| t.idx.live.saturating_sub(t.negatives);
         if positives(t) > cap + cap / 8 + 1 {
-            let mut budget = t.pos_order.len();
+            let mut budget = t.pos_order.len().min(2 * (positives(t) - cap) + 64);
             while positives(t) > cap && budget > 0 {
                 budget -= 1;
                 let Some(idx) = t.pos_order.pop_front() else { break };
@@ -1092,6 +1092,73 @@ impl Namecache {
         }
     }
 
+    /// Checks the structural invariants (tests): the index holds exactly the
+    /// indexed slots, once each, each findable under its own key; (parent, name)
+    /// is unique among them; no indexed entry is destroyed or free; every live
+    /// slot's parent chain reaches a slot without a parent through live slots; every
+    /// slot's reference count covers its live children; the negative count is exact.
+    #[cfg(test)]
+    pub(crate) fn check_invariants(&self) -> Result<(), String> {
+        let t = self.c.topo();
+        let c = &*self.c;
+        let n = t.next;
+        let snaps: Vec<Snap> = (0..n).map(|i| c.snap(i)).collect();
+        let live = |i: u32| snaps[i as usize].code() != C_FREE;
+        let mut cells = c.index.live_cells();
+        cells.sort_unstable();
+        let hashed: Vec<u32> = (0..n).filter(|&i| snaps[i as usize].hashed()).collect();
+        if cells != hashed {
+            return Err(format!("index cells {cells:?} != indexed slots {hashed:?}"));
+        }
+        if cells.len() != t.idx.live {
+            return Err(format!("index count {} != {}", t.idx.live, cells.len()));
+        }
+        let mut keys = HashSet::new();
+        let mut negatives = 0;
+        for &i in &hashed {
+            let s = &snaps[i as usize];
+            if matches!(s.code(), C_DESTROYED | C_FREE) {
+                return Err(format!("slot {i} indexed in state {}", s.code()));
+            }
+            negatives += usize::from(s.code() == C_NEGATIVE);
+            let (p, name) = c.name_of(i);
+            if !keys.insert((p, name.clone())) {
+                return Err(format!("duplicate key ({p}, {name:?})"));
+            }
+            if c.find_locked(c.index.hash(p, &name), p, &name) != Some(i) {
+                return Err(format!("slot {i} not found under its own key"));
+            }
+        }
+        if negatives != t.negatives {
+            return Err(format!("negative count {} != {negatives}", t.negatives));
+        }
+        let mut kids = vec![0u32; n as usize];
+        for i in (0..n).filter(|&i| live(i)) {
+            let mut p = snaps[i as usize].parent;
+            if p != NIL {
+                kids[p as usize] += 1;
+            }
+            let mut steps = 0;
+            while p != NIL {
+                if !live(p) {
+                    return Err(format!("slot {i} has a freed ancestor {p}"));
+                }
+                steps += 1;
+                if steps > n {
+                    return Err(format!("slot {i}: parent cycle"));
+                }
+                p = snaps[p as usize].parent;
+            }
+        }
+        for i in (0..n).filter(|&i| live(i)) {
+            let refs = c.arena.get(i).refs.load(Ordering::SeqCst);
+            if refs < kids[i as usize] {
+                return Err(format!("slot {i}: {refs} references < {} children", kids[i as usize]));
+            }
+        }
+        Ok(())
+    }
+
     /// Finds the indexed child `name` of `dir` without a lock and pins it.
     fn find_pin(&self, dir: &Ncp, h: u64, name: &[u8]) -> Option<Ncp> {
         if name.len() > INLINE {
@@ -1186,7 +1253,15 @@ impl Namecache {
                             }
                             Ok(())
                         }
-                        Err(err) => Err(err),
+                        Err(err) => {
+                            // Leave no unresolved entry behind for an error (it
+                            // would never be evicted); the next lookup asks again.
+                            let mut t = self.c.topo();
+                            if e.snap().code() == C_UNRESOLVED {
+                                self.c.destroy_locked(&mut t, e.idx);
+                            }
+                            Err(err)
+                        }
                     }
                 }
                 // Another thread resolved it while we waited: a cached answer.

@@ -14,6 +14,14 @@
 //! [`Backend`]; [`MemFs`] is an in-memory one and [`HostFs`] passes through to a
 //! host directory without ever leaving it.
 //!
+//! Entries are 88-byte slots of atomics in an arena (names up to 32 bytes inline),
+//! found through an open-addressed (parent, name) index: a cached lookup reads
+//! slots under their seqlocks and writes nothing shared (no lock, no reference
+//! count except the returned entry's when a handle is asked for), and falls back to
+//! a locked walk for anything unusual. Negative entries are capped globally and per
+//! directory, positive ones globally, with hysteresis; nothing referenced or locked
+//! is ever evicted. `slots.rs`, `cache.rs` and `ops.rs` state the protocols.
+//!
 //! ```
 //! use dfly_namecache::{Errno, Flags, MemFs, Namecache};
 //! use std::sync::Arc;

@@ -142,8 +142,12 @@ impl Namecache {
         }
         let a = self.c.backend(mount)?.link(sa.ino, Self::dir_ino(&d)?, &name)?;
         let e = locked.lock.ncp();
-        // Every alias of the inode now has a stale link count.
-        self.invalidate_ino(mount, sa.ino);
+        // Every alias of the inode now has a stale link count: the source, and
+        // other cached names only if it already had more than one.
+        self.invalidate(&src);
+        if sa.nlink > 1 {
+            self.invalidate_ino(mount, sa.ino);
+        }
         self.set_state(&e, State::Positive(a));
         Ok(e)
     }
@@ -191,7 +195,8 @@ impl Namecache {
             be.remove(dino, &name)?;
         }
         self.destroy(&e);
-        if a.kind != Kind::Dir {
+        // Other names of the file (hard links) now have a stale link count.
+        if a.kind != Kind::Dir && a.nlink > 1 {
             self.invalidate_ino(mount, a.ino);
         }
         Ok(())
@@ -314,7 +319,7 @@ impl Namecache {
             self.c.rename_seq.store(r.wrapping_add(2), Ordering::Release);
         }
         if let Some(da) = da {
-            if da.kind != Kind::Dir {
+            if da.kind != Kind::Dir && da.nlink > 1 {
                 self.invalidate_ino(mount, da.ino);
             }
         }

@@ -424,6 +424,17 @@ impl Index {
         self.cur.store(next, Ordering::Release);
     }
 
+    /// The slots the current level holds (test checks).
+    #[cfg(test)]
+    pub(crate) fn live_cells(&self) -> Vec<u32> {
+        self.current()
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .filter(|&v| v != 0 && v != TOMB)
+            .map(|v| v - 1)
+            .collect()
+    }
+
     /// Bytes allocated for index cells.
     pub(crate) fn bytes(&self) -> usize {
         self.levels.iter().filter_map(|s| s.get()).map(|s| s.len() * 4).sum()

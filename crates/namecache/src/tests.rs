@@ -200,6 +200,7 @@ proptest! {
                 }
             };
             prop_assert_eq!(got, want, "op {:?}", op);
+            prop_assert_eq!(warm.check_invariants(), Ok(()), "after {:?}", op);
         }
         let cold = Namecache::new(fs.clone());
         let croot = cold.root();
@@ -446,6 +447,7 @@ fn rename_storm_under_lookups() {
     assert!(total > 0);
     assert_eq!(nc.fullpath(&leaf).path, b"/p/q/leaf");
     assert!(!nc.fullpath(&leaf).deleted);
+    assert_eq!(nc.check_invariants(), Ok(()));
 }
 
 #[test]
@@ -933,4 +935,42 @@ fn lookups_stay_correct_under_eviction_and_renames() {
     }
     let s = nc.stats();
     assert!(s.negatives <= 64 + 8 + 1);
+    assert_eq!(nc.check_invariants(), Ok(()));
+}
+
+#[test]
+fn create_then_rename_over_keeps_the_index_small() {
+    // The create-tmp-then-rename-over loop must not pile up dead records.
+    let (nc, _) = nc();
+    let r = nc.root();
+    nc.create(&r, b"/target", 0o644).unwrap();
+    let bytes0 = nc.stats().bytes;
+    for i in 0..5_000u32 {
+        let tmp = format!("/tmp{}", i % 7);
+        nc.create(&r, tmp.as_bytes(), 0o644).unwrap();
+        nc.rename(&r, tmp.as_bytes(), b"/target").unwrap();
+    }
+    let s = nc.stats();
+    assert!(s.entries < 32, "{s:?}");
+    assert_eq!(s.bytes, bytes0, "no growth of slots or index");
+    assert_eq!(nc.check_invariants(), Ok(()));
+    assert_eq!(nc.stat(&r, b"/target").unwrap().kind, Kind::File);
+}
+
+#[test]
+fn removed_directories_are_freed_with_their_cached_children() {
+    let fs = Arc::new(MemFs::new());
+    let limits = Limits { negative: 8, negative_per_parent: 8, entries: 1 << 20 };
+    let nc = Namecache::with_limits(fs, limits);
+    let r = nc.root();
+    for round in 0..200u32 {
+        nc.mkdir(&r, b"/d", 0o755).unwrap();
+        let _ = nc.stat(&r, format!("/d/miss{round}").as_bytes());
+        nc.rmdir(&r, b"/d").unwrap();
+    }
+    // Negative children of removed directories are evicted by the cap, and then
+    // their destroyed parents go with them: the arena does not keep growing.
+    let s = nc.stats();
+    assert!(s.entries <= 8 + 2 + 2, "{s:?}");
+    assert_eq!(nc.check_invariants(), Ok(()));
 }
