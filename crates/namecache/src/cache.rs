@@ -375,7 +375,8 @@ pub struct NcStats {
     pub negatives: u64,
     /// Entries in the index now.
     pub entries: u64,
-    /// Bytes held by entry slots and the index.
+    /// Bytes held by entry slots, the index and the eviction queues (not names
+    /// longer than 32 bytes, which are kept apart).
     pub bytes: u64,
 }
 
@@ -1016,7 +1017,10 @@ impl Namecache {
         let t = self.c.topo();
         s.negatives = t.negatives as u64;
         s.entries = t.idx.live as u64;
-        s.bytes = (self.c.arena.bytes() + self.c.index.bytes()) as u64;
+        let queues = t.pos_order.capacity() * 4
+            + t.neg_order.capacity() * 8
+            + t.per_parent.values().map(|p| p.q.capacity() * 8).sum::<usize>();
+        s.bytes = (self.c.arena.bytes() + self.c.index.bytes() + queues) as u64;
         s
     }
 

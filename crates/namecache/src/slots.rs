@@ -1,10 +1,10 @@
-//! Entry storage: a segmented arena of entry slots made only of atomics, and the
+//! Entry storage: a chunked arena of entry slots made only of atomics, and the
 //! (parent, name) index over it, so that a cached lookup can read entries without
 //! taking a lock, bumping a reference count or writing any shared cache line.
 //!
 //! # Slots
 //! An entry is a [`Slot`] in the [`Arena`], named by its index (`u32`). The arena
-//! grows by segments that are never freed or moved while the cache lives, so a
+//! grows by chunks that are never freed or moved while the cache lives, so a
 //! `&Slot` obtained from an index stays a valid reference; a slot is *reused* after
 //! its entry is freed, which readers detect through the slot's sequence count.
 //!
@@ -36,7 +36,7 @@
 //!
 //! Must never happen: a slot field other than `refs`/`lock`/`covered_by` written
 //! without the mutex; `refs` stored rather than added to (a reader's transient
-//! count would be lost); a freed slot's segment deallocated while the cache lives.
+//! count would be lost); a slot chunk deallocated while the cache lives.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -227,51 +227,69 @@ impl Slot {
     }
 }
 
-/// Slots in segments: segment `k` holds `1024 << k` slots, so an index maps to a
-/// segment with one leading-zero count and segments never move.
+/// Slots in chunks of 1024, found through a two-level directory of write-once
+/// cells: chunks never move and are never freed while the cache lives, and at most
+/// one chunk is partly used (no geometric over-allocation).
 #[derive(Debug)]
 pub(crate) struct Arena {
-    segs: Box<[OnceLock<Box<[Slot]>>]>,
+    dir: Box<[OnceLock<Mid>]>,
 }
 
-const SEG0_BITS: u32 = 10;
-const SEGS: usize = 22;
+/// One directory level: write-once cells of slot chunks.
+type Mid = Box<[OnceLock<Box<[Slot]>>]>;
+
+const CHUNK_BITS: u32 = 10;
+const MID_BITS: u32 = 10;
+const TOP: usize = 1 << (31 - CHUNK_BITS - MID_BITS);
 /// Most slots an arena can hold.
 pub(crate) const MAX_SLOTS: u32 = (1u32 << 31) - 1;
 
-fn locate(i: u32) -> (usize, usize) {
-    let j = u64::from(i) + (1u64 << SEG0_BITS);
-    let lvl = 63 - j.leading_zeros() - SEG0_BITS;
-    (lvl as usize, (j - (1u64 << (lvl + SEG0_BITS))) as usize)
+fn locate(i: u32) -> (usize, usize, usize) {
+    let i = i as usize;
+    (
+        i >> (CHUNK_BITS + MID_BITS),
+        (i >> CHUNK_BITS) & ((1 << MID_BITS) - 1),
+        i & ((1 << CHUNK_BITS) - 1),
+    )
 }
 
 impl Arena {
     pub(crate) fn new() -> Arena {
-        Arena { segs: (0..SEGS).map(|_| OnceLock::new()).collect() }
+        Arena { dir: (0..TOP).map(|_| OnceLock::new()).collect() }
     }
 
     /// The slot at `i`, which must have been made available by
     /// [`ensure`](Self::ensure) (every index the cache hands around has been).
     #[inline]
     pub(crate) fn get(&self, i: u32) -> &Slot {
-        let (l, o) = locate(i);
-        match self.segs[l].get() {
-            Some(seg) => &seg[o],
-            None => unreachable!("slot {i} used before its segment was made"),
+        let (t, m, o) = locate(i);
+        match self.dir[t].get().and_then(|mid| mid[m].get()) {
+            Some(chunk) => &chunk[o],
+            None => unreachable!("slot {i} used before its chunk was made"),
         }
     }
 
     /// Makes slot `i` addressable.
     pub(crate) fn ensure(&self, i: u32) {
-        let (l, _) = locate(i);
-        self.segs[l].get_or_init(|| {
-            (0..(1usize << (l as u32 + SEG0_BITS))).map(|_| Slot::default()).collect()
-        });
+        let (t, m, _) = locate(i);
+        let mid =
+            self.dir[t].get_or_init(|| (0..1usize << MID_BITS).map(|_| OnceLock::new()).collect());
+        mid[m].get_or_init(|| (0..1usize << CHUNK_BITS).map(|_| Slot::default()).collect());
     }
 
-    /// Bytes allocated for slots.
+    /// Bytes allocated for slots and the directory.
     pub(crate) fn bytes(&self) -> usize {
-        self.segs.iter().filter_map(|s| s.get()).map(|s| std::mem::size_of_val(&**s)).sum()
+        let cell = std::mem::size_of::<OnceLock<Box<[Slot]>>>();
+        let mut n = self.dir.len() * cell;
+        for mid in self.dir.iter().filter_map(|m| m.get()) {
+            n += mid.len() * cell;
+            n += mid
+                .iter()
+                .filter_map(|c| c.get())
+                .map(|c| std::mem::size_of_val(&**c))
+                .sum::<usize>();
+        }
+        n
     }
 }
 
@@ -459,14 +477,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn segments_cover_indices_without_gaps() {
-        assert_eq!(locate(0), (0, 0));
-        assert_eq!(locate(1023), (0, 1023));
-        assert_eq!(locate(1024), (1, 0));
-        assert_eq!(locate(3071), (1, 2047));
-        assert_eq!(locate(3072), (2, 0));
-        let (l, o) = locate(MAX_SLOTS);
-        assert!(l < SEGS && o < (1usize << (l as u32 + SEG0_BITS)));
+    fn chunks_cover_indices_without_gaps() {
+        assert_eq!(locate(0), (0, 0, 0));
+        assert_eq!(locate(1023), (0, 0, 1023));
+        assert_eq!(locate(1024), (0, 1, 0));
+        assert_eq!(locate(1 << 20), (1, 0, 0));
+        let (t, m, o) = locate(MAX_SLOTS);
+        assert_eq!((t, m, o), (TOP - 1, (1 << MID_BITS) - 1, (1 << CHUNK_BITS) - 1));
     }
 
     #[test]
