@@ -127,11 +127,10 @@ impl Namecache {
 
     /// Adds a hard link `new` to the existing non-directory `old`.
     pub fn link(&self, start: &Ncp, old: &[u8], new: &[u8]) -> Result<Ncp, Errno> {
+        // Linux order: the old path, the new path (parent, then EEXIST), EXDEV,
+        // and only then EPERM for a directory.
         let src = self.nlookup(start, old, Flags::default())?;
         let Some(sa) = src.attr() else { return Err(Errno::NoEnt) };
-        if sa.kind == Kind::Dir {
-            return Err(Errno::Perm);
-        }
         let (d, name, locked) = self.prepare(start, new, |_| Errno::Exist)?;
         if locked.exists {
             return Err(Errno::Exist);
@@ -139,6 +138,9 @@ impl Namecache {
         let mount = d.slot().mount.load(Ordering::Relaxed);
         if mount != src.slot().mount.load(Ordering::Relaxed) {
             return Err(Errno::XDev);
+        }
+        if sa.kind == Kind::Dir {
+            return Err(Errno::Perm);
         }
         let a = self.c.backend(mount)?.link(sa.ino, Self::dir_ino(&d)?, &name)?;
         let e = locked.lock.ncp();

@@ -19,11 +19,12 @@ fn nc() -> (Namecache, Arc<MemFs>) {
 
 // ---- the model ------------------------------------------------------------------------
 
-/// A namespace as a map from absolute component lists to kinds: the obviously
-/// correct reference (no symlinks, no links).
+/// A namespace as a map from absolute component lists to (kind, file id): the
+/// obviously correct reference (no symlinks; hard links share a file id).
 #[derive(Debug, Clone, Default)]
 struct Model {
-    nodes: BTreeMap<Vec<String>, Kind>,
+    nodes: BTreeMap<Vec<String>, (Kind, u64)>,
+    next: u64,
 }
 
 impl Model {
@@ -31,7 +32,34 @@ impl Model {
         if p.is_empty() {
             return Some(Kind::Dir);
         }
-        self.nodes.get(p).copied()
+        self.nodes.get(p).map(|n| n.0)
+    }
+
+    /// What `stat` should say: the kind, and for files the link count.
+    fn stat(&self, p: &[String]) -> Result<(Kind, Option<u32>), Errno> {
+        self.parent_ok(p)?;
+        let k = self.kind(p).ok_or(Errno::NoEnt)?;
+        if k != Kind::File {
+            return Ok((k, None));
+        }
+        let id = self.nodes[p].1;
+        Ok((k, Some(self.nodes.values().filter(|n| n.1 == id).count() as u32)))
+    }
+
+    fn link(&mut self, a: &[String], b: &[String]) -> Result<(), Errno> {
+        // Linux order: the old path, the new path's parent and name, then the kind.
+        self.parent_ok(a)?;
+        let ka = self.kind(a).ok_or(Errno::NoEnt)?;
+        self.parent_ok(b)?;
+        if self.kind(b).is_some() {
+            return Err(Errno::Exist);
+        }
+        if ka == Kind::Dir {
+            return Err(Errno::Perm);
+        }
+        let n = self.nodes[a];
+        self.nodes.insert(b.to_vec(), n);
+        Ok(())
     }
 
     fn parent_ok(&self, p: &[String]) -> Result<(), Errno> {
@@ -55,7 +83,8 @@ impl Model {
         if self.kind(p).is_some() {
             return Err(Errno::Exist);
         }
-        self.nodes.insert(p.to_vec(), kind);
+        self.next += 1;
+        self.nodes.insert(p.to_vec(), (kind, self.next));
         Ok(())
     }
 
@@ -91,7 +120,8 @@ impl Model {
         self.parent_ok(b)?;
         let Some(ka) = self.kind(a) else { return Err(Errno::NoEnt) };
         let kb = self.kind(b);
-        if a == b {
+        if a == b || (!a.is_empty() && !b.is_empty() && self.nodes.get(a) == self.nodes.get(b)) {
+            // The same file (or two links to it): nothing happens.
             return Ok(());
         }
         match (ka == Kind::Dir, kb) {
@@ -106,7 +136,7 @@ impl Model {
             return Err(Errno::NotEmpty);
         }
         self.nodes.remove(b);
-        let moved: Vec<(Vec<String>, Kind)> = self
+        let moved: Vec<(Vec<String>, (Kind, u64))> = self
             .nodes
             .range(a.to_vec()..)
             .take_while(|(k, _)| k.starts_with(a))
@@ -131,6 +161,7 @@ enum Op {
     Unlink(Vec<String>),
     Rmdir(Vec<String>),
     Rename(Vec<String>, Vec<String>),
+    Link(Vec<String>, Vec<String>),
     Stat(Vec<String>),
 }
 
@@ -148,6 +179,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => path().prop_map(Op::Unlink),
         1 => path().prop_map(Op::Rmdir),
         2 => (path(), path()).prop_map(|(a, b)| Op::Rename(a, b)),
+        1 => (path(), path()).prop_map(|(a, b)| Op::Link(a, b)),
         2 => path().prop_map(Op::Stat),
     ]
 }
@@ -176,6 +208,11 @@ fn all_paths() -> Vec<Vec<String>> {
     out
 }
 
+/// The part of `stat` the model predicts.
+fn stat_view(a: Attr) -> (Kind, Option<u32>) {
+    (a.kind, (a.kind == Kind::File).then_some(a.nlink))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
 
@@ -194,9 +231,12 @@ proptest! {
                 Op::Unlink(p) => (warm.unlink(&root, &abs(p)), m.unlink(p)),
                 Op::Rmdir(p) => (warm.rmdir(&root, &abs(p)), m.rmdir(p)),
                 Op::Rename(a, b) => (warm.rename(&root, &abs(a), &abs(b)), m.rename(a, b)),
+                Op::Link(a, b) => (warm.link(&root, &abs(a), &abs(b)).map(|_| ()), m.link(a, b)),
                 Op::Stat(p) => {
-                    let want = m.parent_ok(p).and_then(|_| m.kind(p).ok_or(Errno::NoEnt));
-                    (warm.stat(&root, &abs(p)).map(|a| a.kind).map(|_| ()), want.map(|_| ()))
+                    let got = warm.stat(&root, &abs(p)).map(stat_view);
+                    let want = m.stat(p);
+                    prop_assert_eq!(&got, &want, "stat {:?}", p);
+                    (got.map(|_| ()), want.map(|_| ()))
                 }
             };
             prop_assert_eq!(got, want, "op {:?}", op);
@@ -205,9 +245,9 @@ proptest! {
         let cold = Namecache::new(fs.clone());
         let croot = cold.root();
         for p in all_paths() {
-            let want = m.parent_ok(&p).and_then(|_| m.kind(&p).ok_or(Errno::NoEnt));
-            let w = warm.stat(&root, &abs(&p)).map(|a| a.kind);
-            let c = cold.stat(&croot, &abs(&p)).map(|a| a.kind);
+            let want = m.stat(&p);
+            let w = warm.stat(&root, &abs(&p)).map(stat_view);
+            let c = cold.stat(&croot, &abs(&p)).map(stat_view);
             prop_assert_eq!(&w, &want, "warm {:?}", p);
             prop_assert_eq!(&c, &want, "cold {:?}", p);
             if let Ok(h) = warm.nlookup(&root, &abs(&p), Flags::default()) {
@@ -1108,6 +1148,8 @@ fn generated_corpus() -> Vec<G> {
         Rmdir(b("ld/")),
         Unlink(b("ld/")),
         Link(b("lf"), b("lf2")),
+        Link(b("d"), b("d/f")),
+        Link(b("d"), b("nodir/x")),
         Lstat(b("lf2")),
         Stat(b("lf2")),
         Readlink(b("lf2")),
