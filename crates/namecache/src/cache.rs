@@ -51,8 +51,11 @@ use core::fmt;
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use dfly_core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
-use dfly_core::sync::{Arc, Condvar, Mutex, MutexGuard};
+use dfly_core::sync::{Condvar, Mutex, MutexGuard};
+// Handles and backends are shared with `std::sync::Arc` even under loom: callers
+// pass their own `Arc<dyn Backend>`, and no loom model covers handle lifetimes.
 use dfly_core::CachePadded;
+use std::sync::Arc;
 
 use crate::backend::{Attr, Backend, Ino, Kind};
 use crate::slots::*;
@@ -237,10 +240,10 @@ impl Ncp {
 
     /// Pins `idx` if it still is what `seq` said (see the pin protocol in `slots`).
     pub(crate) fn try_pin(&self, idx: u32, seq: u32) -> Option<Ncp> {
-        let s = self.c().arena.get(idx);
-        s.refs.fetch_add(1, Ordering::SeqCst);
+        let ok = self.c().arena.get(idx).pin_at(seq);
+        // Made either way, so a failed pin is released (and reaped) normally.
         let n = self.sibling(idx);
-        (s.seq.load(Ordering::SeqCst) == seq).then_some(n)
+        ok.then_some(n)
     }
 
     /// The parent entry (pinned), or `None` for the root and mount roots' owner.
@@ -259,6 +262,9 @@ impl Ncp {
     fn try_pin_parent(&self, p: u32, child_seq: u32) -> Option<Ncp> {
         let ps = self.c().arena.get(p);
         ps.refs.fetch_add(1, Ordering::SeqCst);
+        // As in `Slot::pin_at`: the relink that could drop the child's reference
+        // on `p` makes the child's sequence odd first.
+        fence(Ordering::SeqCst);
         let n = self.sibling(p);
         (self.slot().seq.load(Ordering::SeqCst) == child_seq).then_some(n)
     }
@@ -501,9 +507,7 @@ impl Cache {
             if m & 0xff != C_DESTROYED || m & F_HASHED != 0 {
                 return;
             }
-            s.begin_write();
-            if s.refs.load(Ordering::SeqCst) != 0 {
-                s.end_write();
+            if !s.retire_begin() {
                 return;
             }
             let parent = s.parent.load(Ordering::Relaxed);
@@ -785,9 +789,7 @@ impl Cache {
             return false;
         }
         let h = self.rehash_snap(idx, &old);
-        s.begin_write();
-        if s.refs.load(Ordering::SeqCst) != 0 {
-            s.end_write();
+        if !s.retire_begin() {
             return false;
         }
         s.parent.store(NIL, Ordering::Relaxed);

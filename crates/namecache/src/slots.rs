@@ -16,10 +16,12 @@
 //!   [`Slot::read`] or the fast path's own validated loads, and retry or fall back
 //!   when `seq` was odd or changed.
 //! - `refs`: changed by anyone with `fetch_add`/`fetch_sub`, never stored. A reader
-//!   that pins an entry it found without the mutex increments `refs` *then*
-//!   re-reads `seq`; a thread that frees or evicts an entry makes `seq` odd *then*
-//!   reads `refs` (both `SeqCst`), so either the reader sees the change and drops
-//!   its count again, or the freer sees the count and keeps the entry.
+//!   that pins an entry it found without the mutex increments `refs`, fences, and
+//!   re-reads `seq` ([`Slot::pin_at`]); a thread that frees or evicts an entry makes
+//!   `seq` odd, fences, and reads `refs` ([`Slot::retire_begin`]). With a `SeqCst`
+//!   fence on both sides either the reader sees the change and drops its count
+//!   again, or the freer sees the count and keeps the entry (a loom model checks
+//!   this).
 //! - `lock`: the entry's shared/exclusive lock and its "resolving" bit, changed by
 //!   compare-and-swap; waiters park on the cache's wait table.
 //! - `covered_by`: the id of a mount covering this directory (0 if none), written
@@ -214,6 +216,30 @@ impl Slot {
     pub(crate) fn end_write(&self) {
         let s = self.seq.load(Ordering::Relaxed);
         self.seq.store(s.wrapping_add(1), Ordering::Release);
+    }
+
+    /// The reader's half of the pin protocol: counts a reference, then checks the
+    /// slot is still at `seq`. The count is taken either way; the caller releases
+    /// it (through the normal release path) when this returns false.
+    pub(crate) fn pin_at(&self, seq: u32) -> bool {
+        self.refs.fetch_add(1, Ordering::SeqCst);
+        // Pairs with the fence in `begin_write` (store-load ordering on both sides;
+        // loom found that SeqCst accesses alone are not modelled as enough).
+        fence(Ordering::SeqCst);
+        self.seq.load(Ordering::SeqCst) == seq
+    }
+
+    /// The freer's half (mutex held): opens a write, then checks that nothing
+    /// refers to the slot. True: the write stays open for the caller to retire the
+    /// slot and close. False: the write was closed again (the slot's sequence moved
+    /// on) and the slot must be kept.
+    pub(crate) fn retire_begin(&self) -> bool {
+        self.begin_write();
+        if self.refs.load(Ordering::SeqCst) != 0 {
+            self.end_write();
+            return false;
+        }
+        true
     }
 
     pub(crate) fn set_meta(&self, code: u32, len: usize, flags: u32) {
@@ -465,9 +491,10 @@ fn table(level: usize) -> Box<[AtomicU32]> {
 
 /// This thread's stripe number (for counters and handle reference stripes).
 pub(crate) fn stripe() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    // A process-wide registry written once per thread: plain std (see the shim).
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     std::thread_local! {
-        static ID: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+        static ID: usize = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     ID.with(|i| *i)
 }
@@ -492,5 +519,58 @@ mod tests {
         assert_eq!(unpack(&pack(n), 32), n.to_vec());
         assert_eq!(unpack(&pack(b"\xff\x00x"), 3), b"\xff\x00x".to_vec());
         assert_eq!(std::mem::size_of::<Slot>(), 88);
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_tests {
+    //! Loom models of the two protocols every lock-free reader relies on.
+    use super::*;
+    use dfly_core::sync::{thread, Arc};
+
+    /// A reader pinning a slot and a freer retiring it never both succeed.
+    #[test]
+    fn loom_pin_and_retire_exclude_each_other() {
+        loom::model(|| {
+            let s = Arc::new(Slot::default());
+            let r = s.clone();
+            let reader = thread::spawn(move || {
+                let ok = r.pin_at(0);
+                if !ok {
+                    r.refs.fetch_sub(1, Ordering::SeqCst);
+                }
+                ok
+            });
+            let retired = s.retire_begin();
+            if retired {
+                s.set_meta(C_FREE, 0, 0);
+                s.end_write();
+            }
+            let pinned = reader.join().unwrap();
+            assert!(!(pinned && retired), "a pinned slot was freed");
+        });
+    }
+
+    /// A reader never sees a torn (parent, name): during a relink from (1, "a")
+    /// to (2, "b") it matches one of the two, never a mix.
+    #[test]
+    fn loom_relink_is_never_seen_torn() {
+        loom::model(|| {
+            let s = Arc::new(Slot::default());
+            s.parent.store(1, Ordering::Relaxed);
+            s.set_name(b"a");
+            s.set_meta(C_FILE, 1, F_HASHED);
+            let w = s.clone();
+            let writer = thread::spawn(move || {
+                w.begin_write();
+                w.parent.store(2, Ordering::Relaxed);
+                w.set_name(b"b");
+                w.end_write();
+            });
+            assert!(s.matches(1, 1, &pack(b"b")).is_none());
+            assert!(s.matches(2, 1, &pack(b"a")).is_none());
+            writer.join().unwrap();
+            assert!(s.matches(2, 1, &pack(b"b")).is_some());
+        });
     }
 }
