@@ -69,4 +69,21 @@ pub trait Backend: Send + Sync + 'static {
     fn readlink(&self, ino: Ino) -> Result<Vec<u8>, Errno>;
     /// The names in directory `dir` (for listings; not cached).
     fn readdir(&self, dir: Ino) -> Result<Vec<(Vec<u8>, Attr)>, Errno>;
+    /// Reads up to `len` bytes of regular file `ino` from `off` (fewer at the end
+    /// of the file). Backends without file data answer `NotSup`.
+    fn read(&self, ino: Ino, off: u64, len: u32) -> Result<Vec<u8>, Errno> {
+        let _ = (ino, off, len);
+        Err(Errno::NotSup)
+    }
+    /// Writes `data` into regular file `ino` at `off`; returns the bytes written.
+    fn write(&self, ino: Ino, off: u64, data: &[u8]) -> Result<u32, Errno> {
+        let _ = (ino, off, data);
+        Err(Errno::NotSup)
+    }
+    /// Changes the size (regular files) and/or permission bits of `ino`; returns
+    /// the new attributes.
+    fn setattr(&self, ino: Ino, size: Option<u64>, mode: Option<u32>) -> Result<Attr, Errno> {
+        let _ = (ino, size, mode);
+        Err(Errno::NotSup)
+    }
 }

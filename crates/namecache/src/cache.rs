@@ -328,6 +328,12 @@ impl PartialEq for Ncp {
 
 impl Eq for Ncp {}
 
+impl std::hash::Hash for Ncp {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.idx.hash(h);
+    }
+}
+
 impl fmt::Debug for Ncp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ncp").field("slot", &self.idx).field("state", &self.state()).finish()

@@ -36,6 +36,8 @@ pub enum Errno {
     Io,
     /// Try again (a stale generation seen while resolving; retried internally).
     Again,
+    /// Operation not supported (a backend without file data).
+    NotSup,
 }
 
 impl Errno {
@@ -57,6 +59,7 @@ impl Errno {
             Errno::NameTooLong => 36,
             Errno::NotEmpty => 39,
             Errno::Loop => 40,
+            Errno::NotSup => 95,
         }
     }
 
@@ -77,6 +80,7 @@ impl Errno {
             36 => Errno::NameTooLong,
             39 => Errno::NotEmpty,
             40 => Errno::Loop,
+            95 => Errno::NotSup,
             _ => Errno::Io,
         }
     }
@@ -100,6 +104,7 @@ impl fmt::Display for Errno {
             Errno::NoSpc => "no space left on device",
             Errno::Io => "input/output error",
             Errno::Again => "resource temporarily unavailable",
+            Errno::NotSup => "operation not supported",
         };
         write!(f, "{s} (errno {})", self.raw())
     }

@@ -289,4 +289,81 @@ impl Backend for HostFs {
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
+
+    fn read(&self, ino: Ino, off: u64, len: u32) -> Result<Vec<u8>, Errno> {
+        let fd = self.open_file(ino, OFlags::RDONLY)?;
+        let mut buf = vec![0u8; len as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            let n = rustix::io::pread(&fd, &mut buf[got..], off + got as u64).map_err(errno)?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+
+    fn write(&self, ino: Ino, off: u64, data: &[u8]) -> Result<u32, Errno> {
+        let fd = self.open_file(ino, OFlags::WRONLY)?;
+        let mut done = 0;
+        while done < data.len() {
+            done += rustix::io::pwrite(&fd, &data[done..], off + done as u64).map_err(errno)?;
+        }
+        Ok(done as u32)
+    }
+
+    fn setattr(&self, ino: Ino, size: Option<u64>, mode: Option<u32>) -> Result<Attr, Errno> {
+        if let Some(size) = size {
+            let fd = self.open_file(ino, OFlags::WRONLY)?;
+            rustix::fs::ftruncate(&fd, size).map_err(errno)?;
+        }
+        if let Some(mode) = mode {
+            let mode = Mode::from_bits_truncate((mode & 0o7777) as _);
+            let dir = self.with_dir(ino, |fd| {
+                // A directory: change it through its own descriptor's path.
+                rustix::fs::chmodat(fd.as_fd(), ".", mode, AtFlags::empty()).map_err(errno)
+            });
+            if dir.is_err() {
+                let place = self.files.lock().unwrap_or_else(|p| p.into_inner()).get(&ino).cloned();
+                let Some((d, name)) = place else { return Err(Errno::NoEnt) };
+                self.with_dir(d, |fd| {
+                    rustix::fs::chmodat(fd.as_fd(), name.as_slice(), mode, AtFlags::empty())
+                        .map_err(errno)
+                })?;
+            }
+        }
+        self.getattr(ino)
+    }
+}
+
+impl HostFs {
+    /// Opens the regular file `ino` where it was last seen (never following a
+    /// symbolic link, never outside the root).
+    fn open_file(&self, ino: Ino, how: OFlags) -> Result<OwnedFd, Errno> {
+        let place = self.files.lock().unwrap_or_else(|p| p.into_inner()).get(&ino).cloned();
+        let Some((dir, name)) = place else {
+            return Err(if self.with_dir(ino, |_| Ok(())).is_ok() {
+                Errno::IsDir
+            } else {
+                Errno::NoEnt
+            });
+        };
+        let fd = self.with_dir(dir, |d| {
+            rustix::fs::openat(
+                d.as_fd(),
+                name.as_slice(),
+                how | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(errno)
+        })?;
+        let st = rustix::fs::fstat(&fd).map_err(errno)?;
+        if attr_of(&st).ino != ino {
+            // Something else has that name now.
+            return Err(Errno::NoEnt);
+        }
+        Ok(fd)
+    }
 }

@@ -1,4 +1,4 @@
-//! An in-memory filesystem backend: directories, regular files (size only),
+//! An in-memory filesystem backend: directories, regular files (with their data),
 //! symbolic links and hard links, with POSIX error rules for every operation.
 //!
 //! One mutex guards the whole tree; the namecache in front of it is what makes
@@ -19,6 +19,7 @@ struct Node {
     parent: Ino,
     entries: BTreeMap<Vec<u8>, Ino>,
     target: Vec<u8>,
+    data: Vec<u8>,
 }
 
 /// The in-memory filesystem. Counts the backend calls it serves (for tests that
@@ -50,6 +51,7 @@ impl MemFs {
                 parent: ROOT,
                 entries: BTreeMap::new(),
                 target: Vec::new(),
+                data: Vec::new(),
             },
         );
         MemFs { nodes: Mutex::new((m, ROOT + 1)), lookups: AtomicU64::new(0) }
@@ -71,7 +73,7 @@ fn attr(ino: Ino, n: &Node) -> Attr {
     let size = match n.kind {
         Kind::Symlink => n.target.len() as u64,
         Kind::Dir => n.entries.len() as u64,
-        _ => 0,
+        _ => n.data.len() as u64,
     };
     Attr { ino, kind: n.kind, nlink: n.nlink, size, mode: n.mode }
 }
@@ -110,6 +112,7 @@ fn add(
         parent: dir,
         entries: BTreeMap::new(),
         target: target.to_vec(),
+        data: Vec::new(),
     };
     let a = attr(ino, &n);
     m.insert(ino, n);
@@ -271,6 +274,61 @@ impl Backend for MemFs {
                 .filter_map(|(k, ino)| m.get(&ino).map(|n| (k, attr(ino, n))))
                 .collect())
         })
+    }
+
+    fn read(&self, ino: Ino, off: u64, len: u32) -> Result<Vec<u8>, Errno> {
+        self.with(|m, _| {
+            let n = file(m, ino)?;
+            let start = usize::try_from(off).unwrap_or(usize::MAX).min(n.data.len());
+            let end = start.saturating_add(len as usize).min(n.data.len());
+            Ok(n.data[start..end].to_vec())
+        })
+    }
+
+    fn write(&self, ino: Ino, off: u64, data: &[u8]) -> Result<u32, Errno> {
+        self.with(|m, _| {
+            let n = file(m, ino)?;
+            let start = usize::try_from(off).map_err(|_| Errno::NoSpc)?;
+            let end = start.checked_add(data.len()).ok_or(Errno::NoSpc)?;
+            if end > MAX_FILE {
+                return Err(Errno::NoSpc);
+            }
+            if n.data.len() < end {
+                n.data.resize(end, 0);
+            }
+            n.data[start..end].copy_from_slice(data);
+            Ok(data.len() as u32)
+        })
+    }
+
+    fn setattr(&self, ino: Ino, size: Option<u64>, mode: Option<u32>) -> Result<Attr, Errno> {
+        self.with(|m, _| {
+            if let Some(size) = size {
+                let n = file(m, ino)?;
+                let size = usize::try_from(size).map_err(|_| Errno::NoSpc)?;
+                if size > MAX_FILE {
+                    return Err(Errno::NoSpc);
+                }
+                n.data.resize(size, 0);
+            }
+            let n = m.get_mut(&ino).ok_or(Errno::NoEnt)?;
+            if let Some(mode) = mode {
+                n.mode = mode & 0o7777;
+            }
+            Ok(attr(ino, n))
+        })
+    }
+}
+
+/// The largest file this backend holds (it keeps data in memory).
+const MAX_FILE: usize = 1 << 30;
+
+fn file(m: &mut HashMap<Ino, Node>, ino: Ino) -> Result<&mut Node, Errno> {
+    match m.get_mut(&ino) {
+        Some(n) if n.kind == Kind::File => Ok(n),
+        Some(n) if n.kind == Kind::Dir => Err(Errno::IsDir),
+        Some(_) => Err(Errno::Inval),
+        None => Err(Errno::NoEnt),
     }
 }
 

@@ -130,6 +130,11 @@ impl Namecache {
         // Linux order: the old path, the new path (parent, then EEXIST), EXDEV,
         // and only then EPERM for a directory.
         let src = self.nlookup(start, old, Flags::default())?;
+        self.link_at(&src, start, new)
+    }
+
+    /// Adds a hard link `new` (a path from `start`) to the file `src` names.
+    pub fn link_at(&self, src: &Ncp, start: &Ncp, new: &[u8]) -> Result<Ncp, Errno> {
         let Some(sa) = src.attr() else { return Err(Errno::NoEnt) };
         let (d, name, locked) = self.prepare(start, new, |_| Errno::Exist)?;
         if locked.exists {
@@ -146,7 +151,7 @@ impl Namecache {
         let e = locked.lock.ncp();
         // Every alias of the inode now has a stale link count: the source, and
         // other cached names only if it already had more than one.
-        self.invalidate(&src);
+        self.invalidate(src);
         if sa.nlink > 1 {
             self.invalidate_ino(mount, sa.ino);
         }
@@ -234,9 +239,21 @@ impl Namecache {
     /// assert_eq!(nc.rename(&r, b"/b", b"/b/f/x").unwrap_err(), Errno::NotDir);
     /// ```
     pub fn rename(&self, start: &Ncp, from: &[u8], to: &[u8]) -> Result<(), Errno> {
+        self.rename_at(start, from, start, to)
+    }
+
+    /// [`rename`](Self::rename) with the two paths resolved from different
+    /// directories (`renameat(2)`).
+    pub fn rename_at(
+        &self,
+        fstart: &Ncp,
+        from: &[u8],
+        tstart: &Ncp,
+        to: &[u8],
+    ) -> Result<(), Errno> {
         let _serial = lock(&self.c.rename_lock);
         for _ in 0..RETRIES {
-            match self.rename_once(start, from, to) {
+            match self.rename_once(fstart, from, tstart, to) {
                 Err(Errno::Again) => self.c.count_restart(),
                 r => return r,
             }
@@ -244,15 +261,15 @@ impl Namecache {
         Err(Errno::Again)
     }
 
-    fn rename_once(&self, start: &Ncp, from: &[u8], to: &[u8]) -> Result<(), Errno> {
+    fn rename_once(&self, fstart: &Ncp, from: &[u8], tstart: &Ncp, to: &[u8]) -> Result<(), Errno> {
         let (fname_dir, fname) = Self::split_last(from)?;
         let (tname_dir, tname) = Self::split_last(to)?;
         for n in [fname, tname] {
             check_name(n)?;
         }
-        let sd = self.nlookup(start, fname_dir, Flags { follow: true, create: false })?;
+        let sd = self.nlookup(fstart, fname_dir, Flags { follow: true, create: false })?;
         let sdino = Self::dir_ino(&sd)?;
-        let td = self.nlookup(start, tname_dir, Flags { follow: true, create: false })?;
+        let td = self.nlookup(tstart, tname_dir, Flags { follow: true, create: false })?;
         let tdino = Self::dir_ino(&td)?;
         let mount = sd.slot().mount.load(Ordering::Relaxed);
         if mount != td.slot().mount.load(Ordering::Relaxed) {
@@ -334,18 +351,91 @@ impl Namecache {
     /// The target of the symbolic link at `path`.
     pub fn readlink(&self, start: &Ncp, path: &[u8]) -> Result<Vec<u8>, Errno> {
         let n = self.nlookup(start, path, Flags::default())?;
-        match n.attr() {
-            Some(a) if a.kind == Kind::Symlink => Ok(self.readlink_cached(&n)?.to_vec()),
-            Some(_) => Err(Errno::Inval),
-            None => Err(Errno::NoEnt),
-        }
+        self.readlink_at(&n)
     }
 
     /// The names in the directory at `path` (from the backend; not cached).
     pub fn readdir(&self, start: &Ncp, path: &[u8]) -> Result<Vec<(Vec<u8>, Attr)>, Errno> {
         let d = self.nlookup(start, path, Flags { follow: true, create: false })?;
+        self.readdir_at(&d)
+    }
+
+    /// The names in directory `dir` (from the backend; not cached). A directory a
+    /// mount covers lists the mount's root.
+    pub fn readdir_at(&self, dir: &Ncp) -> Result<Vec<(Vec<u8>, Attr)>, Errno> {
+        let d = self.cross_down(dir.clone());
         let ino = Self::dir_ino(&d)?;
         self.c.backend(d.slot().mount.load(Ordering::Relaxed))?.readdir(ino)
+    }
+
+    /// The target of the symbolic link `ncp`.
+    pub fn readlink_at(&self, ncp: &Ncp) -> Result<Vec<u8>, Errno> {
+        match ncp.attr() {
+            Some(a) if a.kind == Kind::Symlink => Ok(self.readlink_cached(ncp)?.to_vec()),
+            Some(_) => Err(Errno::Inval),
+            None => Err(Errno::NoEnt),
+        }
+    }
+
+    // ---- file data --------------------------------------------------------------
+
+    fn file_of(&self, ncp: &Ncp) -> Result<(u32, Attr), Errno> {
+        match ncp.attr() {
+            Some(a) if a.kind == Kind::File => Ok((ncp.slot().mount.load(Ordering::Relaxed), a)),
+            Some(a) if a.kind == Kind::Dir => Err(Errno::IsDir),
+            Some(_) => Err(Errno::Inval),
+            None => Err(Errno::NoEnt),
+        }
+    }
+
+    /// Reads up to `len` bytes of the regular file `ncp` from `off`.
+    pub fn read(&self, ncp: &Ncp, off: u64, len: u32) -> Result<Vec<u8>, Errno> {
+        let (mount, a) = self.file_of(ncp)?;
+        self.c.backend(mount)?.read(a.ino, off, len)
+    }
+
+    /// Writes `data` into the regular file `ncp` at `off`; the cached attributes
+    /// (size) follow.
+    ///
+    /// ```
+    /// use dfly_namecache::{MemFs, Namecache};
+    /// use std::sync::Arc;
+    /// let nc = Namecache::new(Arc::new(MemFs::new()));
+    /// let f = nc.create(&nc.root(), b"/f", 0o644).unwrap();
+    /// nc.write(&f, 0, b"hello").unwrap();
+    /// assert_eq!(nc.stat(&nc.root(), b"/f").unwrap().size, 5);
+    /// assert_eq!(nc.read(&f, 1, 3).unwrap(), b"ell");
+    /// ```
+    pub fn write(&self, ncp: &Ncp, off: u64, data: &[u8]) -> Result<u32, Errno> {
+        let (mount, a) = self.file_of(ncp)?;
+        let be = self.c.backend(mount)?;
+        let n = be.write(a.ino, off, data)?;
+        self.refresh(ncp, mount, be.getattr(a.ino)?);
+        Ok(n)
+    }
+
+    /// Changes the size and/or permission bits of `ncp`; returns the new attributes.
+    pub fn setattr(&self, ncp: &Ncp, size: Option<u64>, mode: Option<u32>) -> Result<Attr, Errno> {
+        let Some(a) = ncp.attr() else { return Err(Errno::NoEnt) };
+        if size.is_some() && a.kind != Kind::File {
+            return Err(if a.kind == Kind::Dir { Errno::IsDir } else { Errno::Inval });
+        }
+        let mount = ncp.slot().mount.load(Ordering::Relaxed);
+        if size.is_none() && mode.is_none() {
+            return Ok(a);
+        }
+        let na = self.c.backend(mount)?.setattr(a.ino, size, mode)?;
+        self.refresh(ncp, mount, na);
+        Ok(na)
+    }
+
+    /// Stores new attributes of `ncp` (and forgets other names of the same file,
+    /// whose cached attributes are now stale).
+    fn refresh(&self, ncp: &Ncp, mount: u32, a: Attr) {
+        if a.kind != Kind::Dir && a.nlink > 1 {
+            self.invalidate_ino(mount, a.ino);
+        }
+        self.set_state(ncp, State::Positive(a));
     }
 
     /// The path of `ncp` from the root, in O(depth); works for removed entries

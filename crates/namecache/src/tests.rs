@@ -1314,3 +1314,40 @@ fn generated_corpus_matches_the_host_kernel() {
     let _ = std::fs::remove_dir_all(&mine);
     assert!(diffs.is_empty(), "{} differences:\n{}", diffs.len(), diffs.join("\n"));
 }
+
+#[test]
+fn file_data_through_memory_and_host_backends() {
+    let host = scratch_dir("data");
+    let backends: Vec<Arc<dyn Backend>> =
+        vec![Arc::new(MemFs::new()), Arc::new(HostFs::open(&host).unwrap())];
+    for be in backends {
+        let nc = Namecache::new(be);
+        let r = nc.root();
+        let f = nc.create(&r, b"/f", 0o644).unwrap();
+        assert_eq!(nc.write(&f, 0, b"hello world").unwrap(), 11);
+        assert_eq!(nc.write(&f, 6, b"there").unwrap(), 5);
+        assert_eq!(nc.read(&f, 0, 100).unwrap(), b"hello there");
+        assert_eq!(nc.read(&f, 20, 5).unwrap(), b"");
+        assert_eq!(nc.stat(&r, b"/f").unwrap().size, 11);
+        let a = nc.setattr(&f, Some(5), Some(0o600)).unwrap();
+        assert_eq!((a.size, a.mode), (5, 0o600));
+        assert_eq!(nc.stat(&r, b"/f").unwrap().size, 5);
+        // A hard link sees the new size too.
+        let g = nc.link(&r, b"/f", b"/g").unwrap();
+        nc.write(&g, 5, b"!").unwrap();
+        assert_eq!(nc.stat(&r, b"/f").unwrap().size, 6);
+        let d = nc.mkdir(&r, b"/d", 0o755).unwrap();
+        assert_eq!(nc.read(&d, 0, 1).unwrap_err(), Errno::IsDir);
+        assert_eq!(nc.setattr(&d, Some(0), None).unwrap_err(), Errno::IsDir);
+        assert_eq!(nc.setattr(&d, None, Some(0o700)).unwrap().mode, 0o700);
+        // Renames across directories by handle.
+        nc.rename_at(&r, b"g", &d, b"g2").unwrap();
+        assert_eq!(nc.read(&g, 0, 10).unwrap(), b"hello!");
+        assert_eq!(nc.fullpath(&g).path, b"/d/g2");
+        let names: Vec<Vec<u8>> = nc.readdir_at(&d).unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, vec![b"g2".to_vec()]);
+    }
+    assert_eq!(std::fs::read(host.join("f")).unwrap(), b"hello!");
+    assert_eq!(std::fs::read(host.join("d/g2")).unwrap(), b"hello!");
+    let _ = std::fs::remove_dir_all(&host);
+}
