@@ -379,8 +379,42 @@ impl Namecache {
 
     // ---- file data --------------------------------------------------------------
 
+    /// The attributes of `ncp`, asking the backend again if they were invalidated
+    /// (`NoEnt` if the entry is negative or was removed).
+    ///
+    /// ```
+    /// use dfly_namecache::{MemFs, Namecache};
+    /// use std::sync::Arc;
+    /// let nc = Namecache::new(Arc::new(MemFs::new()));
+    /// let f = nc.create(&nc.root(), b"/f", 0o644).unwrap();
+    /// nc.invalidate(&f);
+    /// assert_eq!(f.attr(), None, "forgotten");
+    /// assert_eq!(nc.getattr(&f).unwrap().mode, 0o644, "asked again");
+    /// ```
+    pub fn getattr(&self, ncp: &Ncp) -> Result<Attr, Errno> {
+        for _ in 0..RETRIES {
+            match ncp.state() {
+                State::Positive(a) => return Ok(a),
+                State::Negative | State::Destroyed => return Err(Errno::NoEnt),
+                State::Unresolved => {}
+            }
+            let Some(p) = ncp.parent() else { return Err(Errno::NoEnt) };
+            let name = ncp.name();
+            let (e, st) = self.child(&p, p.state(), &name)?;
+            if e != *ncp {
+                // Renamed or replaced meanwhile: look at it again.
+                self.c.count_restart();
+                continue;
+            }
+            if let State::Positive(a) = st {
+                return Ok(a);
+            }
+        }
+        Err(Errno::Again)
+    }
+
     fn file_of(&self, ncp: &Ncp) -> Result<(u32, Attr), Errno> {
-        match ncp.attr() {
+        match self.getattr(ncp).ok() {
             Some(a) if a.kind == Kind::File => Ok((ncp.slot().mount.load(Ordering::Relaxed), a)),
             Some(a) if a.kind == Kind::Dir => Err(Errno::IsDir),
             Some(_) => Err(Errno::Inval),
@@ -416,7 +450,7 @@ impl Namecache {
 
     /// Changes the size and/or permission bits of `ncp`; returns the new attributes.
     pub fn setattr(&self, ncp: &Ncp, size: Option<u64>, mode: Option<u32>) -> Result<Attr, Errno> {
-        let Some(a) = ncp.attr() else { return Err(Errno::NoEnt) };
+        let a = self.getattr(ncp)?;
         if size.is_some() && a.kind != Kind::File {
             return Err(if a.kind == Kind::Dir { Errno::IsDir } else { Errno::Inval });
         }
