@@ -186,7 +186,7 @@ pub(crate) struct Cache {
     pub(crate) mounts: Mutex<HashMap<u32, Mount>>,
     pub(crate) next_mount: AtomicU32,
     pub(crate) rename_lock: Mutex<()>,
-    long_names: Mutex<HashMap<u32, Box<[u8]>>>,
+    pub(crate) long_names: Mutex<HashMap<u32, Box<[u8]>>>,
     pub(crate) symlinks: Mutex<LinkCache>,
     waits: Box<[(Mutex<()>, Condvar)]>,
     stripes: Box<[CachePadded<Stripe>]>,
@@ -1172,14 +1172,16 @@ impl Namecache {
     }
 
     /// Finds the indexed child `name` of `dir` without a lock and pins it.
+    /// Names longer than 32 bytes match on their first 32 bytes and length, then on
+    /// the whole name kept apart (one small mutex, not the topology's).
     fn find_pin(&self, dir: &Ncp, h: u64, name: &[u8]) -> Option<Ncp> {
-        if name.len() > INLINE {
-            return None;
-        }
         let words = pack(name);
+        let long = name.len() > INLINE;
         let (idx, seq) = self.c.index.probe(h, |i| {
             let (seq, meta, _) = self.c.arena.get(i).matches(dir.idx, name.len(), &words)?;
-            (meta & F_HASHED != 0).then_some((i, seq))
+            let same = meta & F_HASHED != 0
+                && (!long || lock(&self.c.long_names).get(&i).is_some_and(|n| &n[..] == name));
+            same.then_some((i, seq))
         })?;
         dir.try_pin(idx, seq)
     }
