@@ -129,6 +129,27 @@ impl NcFs {
     }
 }
 
+fn empty(r: Result<(), Errno>, reply: ReplyEmpty) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e.raw()),
+    }
+}
+
+fn attr(ino: u64, r: Result<Attr, Errno>, reply: ReplyAttr) {
+    match r {
+        Ok(a) => reply.attr(&TTL, &file_attr(ino, a)),
+        Err(e) => reply.error(e.raw()),
+    }
+}
+
+fn data(r: Result<Vec<u8>, Errno>, reply: ReplyData) {
+    match r {
+        Ok(d) => reply.data(&d),
+        Err(e) => reply.error(e.raw()),
+    }
+}
+
 fn name_ok(name: &OsStr) -> Result<&[u8], Errno> {
     let b = name.as_bytes();
     if b.is_empty() || b.contains(&b'/') {
@@ -165,10 +186,7 @@ impl Filesystem for NcFs {
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
-        match self.ncp(ino).and_then(|n| self.nc.getattr(&n)) {
-            Ok(a) => reply.attr(&TTL, &file_attr(ino, a)),
-            Err(e) => reply.error(e.raw()),
-        }
+        attr(ino, self.ncp(ino).and_then(|n| self.nc.getattr(&n)), reply);
     }
 
     fn setattr(
@@ -190,17 +208,11 @@ impl Filesystem for NcFs {
         reply: ReplyAttr,
     ) {
         // Owners and times are not kept: those changes succeed and change nothing.
-        match self.ncp(ino).and_then(|n| self.nc.setattr(&n, size, mode)) {
-            Ok(a) => reply.attr(&TTL, &file_attr(ino, a)),
-            Err(e) => reply.error(e.raw()),
-        }
+        attr(ino, self.ncp(ino).and_then(|n| self.nc.setattr(&n, size, mode)), reply);
     }
 
     fn readlink(&mut self, _req: &Request<'_>, ino: u64, reply: ReplyData) {
-        match self.ncp(ino).and_then(|n| self.nc.readlink_at(&n)) {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(e.raw()),
-        }
+        data(self.ncp(ino).and_then(|n| self.nc.readlink_at(&n)), reply);
     }
 
     fn mkdir(
@@ -219,17 +231,11 @@ impl Filesystem for NcFs {
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        match self.ncp(parent).and_then(|d| self.nc.unlink(&d, name_ok(name)?)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e.raw()),
-        }
+        empty(self.ncp(parent).and_then(|d| self.nc.unlink(&d, name_ok(name)?)), reply);
     }
 
     fn rmdir(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        match self.ncp(parent).and_then(|d| self.nc.rmdir(&d, name_ok(name)?)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e.raw()),
-        }
+        empty(self.ncp(parent).and_then(|d| self.nc.rmdir(&d, name_ok(name)?)), reply);
     }
 
     fn symlink(
@@ -265,10 +271,7 @@ impl Filesystem for NcFs {
             let t = self.ncp(newparent)?;
             self.nc.rename_at(&s, name_ok(name)?, &t, name_ok(newname)?)
         });
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e.raw()),
-        }
+        empty(r, reply);
     }
 
     fn link(
@@ -305,10 +308,7 @@ impl Filesystem for NcFs {
         reply: ReplyData,
     ) {
         let off = u64::try_from(offset).map_err(|_| Errno::Inval);
-        match off.and_then(|off| self.ncp(ino).and_then(|n| self.nc.read(&n, off, size))) {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(e.raw()),
-        }
+        data(off.and_then(|off| self.ncp(ino).and_then(|n| self.nc.read(&n, off, size))), reply);
     }
 
     fn write(
