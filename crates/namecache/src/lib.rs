@@ -20,7 +20,7 @@
 //! count except the returned entry's when a handle is asked for), and falls back to
 //! a locked walk for anything unusual. Negative entries are capped globally and per
 //! directory, positive ones globally, with hysteresis; nothing referenced or locked
-//! is ever evicted. `slots.rs`, `cache.rs` and `ops.rs` state the protocols.
+//! is ever evicted. `slots.rs`, `cache.rs`, `topo.rs` and `ops.rs` state the protocols.
 //!
 //! ```
 //! use dfly_namecache::{Errno, Flags, MemFs, Namecache};
@@ -45,6 +45,7 @@ mod hostfs;
 mod memfs;
 mod ops;
 mod slots;
+mod topo;
 
 #[cfg(test)]
 mod tests;

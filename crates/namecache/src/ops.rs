@@ -600,6 +600,6 @@ impl Namecache {
     }
 }
 
-fn t_next(t: &crate::cache::Topo) -> u32 {
+fn t_next(t: &crate::topo::Topo) -> u32 {
     t.next()
 }
