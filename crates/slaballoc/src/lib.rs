@@ -1,9 +1,78 @@
-//! `dfly-slaballoc` will be DragonFly's per-CPU slab allocator in userspace: zones
-//! and size classes owned by one CPU, lock-free remote free with a passive IPI to the
-//! owner, release hysteresis in malloc only, a `GlobalAlloc`, a typed object cache
-//! and a C ABI for `LD_PRELOAD`. It will work in any program, with or without an
-//! LWKT machine.
+//! `dfly-slaballoc`: DragonFly BSD's per-CPU slab allocator (`kern_slaballoc.c`) for
+//! ordinary Rust programs, with or without an LWKT machine.
 //!
-//! **State: not implemented yet.** This crate exports nothing. See
-//! `shared/design/slaballoc.md`.
-#![forbid(unsafe_code)]
+//! - Memory comes in 128 KiB **zones** aligned to their size; `free` finds a chunk's
+//!   zone header by masking its address. Each zone serves one of 72 **size classes**
+//!   ([`class`]): 8-byte steps below 128 bytes, then 8 classes per power of two up to
+//!   16 KiB; power-of-two sizes come back naturally aligned. Larger requests are page
+//!   mappings (module `large`).
+//! - Each "CPU" has a **slot** of state only its holder touches: per-class zone lists,
+//!   a free-zone cache, a slide so new zones spread first allocations over cache
+//!   lines. An LWKT/ipi CPU (`dfly_core::current_cpu()` is `Some`) uses its own CPU's
+//!   slot; any other thread leases a slot on first use and gives it back, drained, when
+//!   it exits; the next thread adopts it (module `thread`).
+//! - A free on a thread that does not hold the zone's slot is a **remote free** (module `zone`):
+//!   a lock-free push on the zone's remote list, with a notification to the owner only
+//!   when the zone had dropped off its owner's list, and a pin while the freer still
+//!   touches the zone; or, with [`RemoteMode::Batched`], snmalloc-style batches per
+//!   destination slot, one CAS per batch.
+//! - **Hysteresis**: free never calls the OS for zone memory; malloc's slow path unmaps
+//!   cached free zones beyond [`Config::zone_rels_thresh`] (default 4). [`Slab::cleanup`]
+//!   and [`Slab::trim`] absorb stranded remote chunks and return empty zones.
+//! - [`SlabAlloc`] is a `#[global_allocator]`; [`Slab`] is an instance with its own
+//!   configuration and counters ([`Stats`]).
+//!
+//! ```
+//! use dfly_slaballoc::{Config, RemoteMode, Slab};
+//! use std::alloc::Layout;
+//!
+//! static HEAP: Slab = Slab::with_config(Config { remote: RemoteMode::Batched, ..Config::DEFAULT });
+//! let l = Layout::from_size_align(64, 64).unwrap();
+//! let p = HEAP.alloc(l) as usize;
+//! assert_eq!(p % 64, 0);
+//! // Freed on another thread: a remote free, delivered in a batch.
+//! std::thread::spawn(move || unsafe { HEAP.dealloc(p as *mut u8) }).join().unwrap();
+//! HEAP.trim();
+//! assert_eq!(HEAP.stats().in_use, 0);
+//! assert_eq!(HEAP.stats().zone_bytes, 0);
+//! ```
+//!
+//! # Unsafe code
+//! Confined to: `os` (system calls), `zone` (chunk links and zone headers in raw
+//! memory), `slot` and `heap` (dereferencing zone and slot pointers), `large` (header
+//! pages), `thread` (the pthread key), `global` (the `GlobalAlloc` impl). [`class`]
+//! and `kind` are safe code.
+//!
+//! # Not done (yet)
+//! Passive IPIs to ipi CPUs (owners learn of remote work on their slow path or in
+//! cleanup), the typed object cache, the C ABI for `LD_PRELOAD`, the debug bitmap and
+//! fork handling.
+
+pub mod class;
+#[cfg(not(loom))]
+pub mod global;
+#[cfg(not(loom))]
+mod heap;
+#[cfg(not(loom))]
+mod kind;
+#[cfg(not(loom))]
+mod large;
+#[cfg(not(loom))]
+mod os;
+#[cfg(not(loom))]
+mod slot;
+#[cfg(not(loom))]
+mod thread;
+mod zone;
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(not(loom))]
+pub use global::SlabAlloc;
+#[cfg(not(loom))]
+pub use heap::{Config, RemoteMode, Slab, Stats};
+#[cfg(not(loom))]
+pub use kind::{Kind, KindError};
+#[cfg(not(loom))]
+pub use thread::MAX_INSTANCES;
