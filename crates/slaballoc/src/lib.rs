@@ -58,6 +58,8 @@ mod kind;
 #[cfg(not(loom))]
 mod large;
 #[cfg(not(loom))]
+pub mod objcache;
+#[cfg(not(loom))]
 mod os;
 #[cfg(not(loom))]
 mod slot;
