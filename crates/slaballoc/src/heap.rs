@@ -23,13 +23,13 @@
 
 use core::alloc::Layout;
 use core::ptr::{self, NonNull};
-use std::sync::{Mutex, MutexGuard};
 
-use dfly_core::sync::atomic::{AtomicI64, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use dfly_core::sync::atomic::{AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use dfly_core::MAX_CPUS;
 
 use crate::class::{class_for, class_size, ZONE_SIZE};
 use crate::large::{self, LARGE_MAGIC};
+use crate::lock::{LockGuard, RawLock};
 use crate::os;
 use crate::slot::Slot;
 use crate::thread::DEAD;
@@ -59,12 +59,33 @@ pub struct Config {
     pub remote: RemoteMode,
     /// Outgoing batch size in bytes for [`RemoteMode::Batched`].
     pub batch_bytes: usize,
+    /// Period of the background reaper in milliseconds, 0 for none. The reaper starts
+    /// once the instance has mapped [`REAPER_AFTER_BYTES`] of zones; each round it
+    /// unmaps zones retired beyond the slots' thresholds and cleans every slot no
+    /// thread holds, so memory comes back after a bulk free even when the freeing
+    /// thread never allocates again. When a round finds nothing to do the period
+    /// doubles, up to 4x (an idle program wakes it a few times a second).
+    ///
+    /// What the reaper cannot reach: chunks other threads freed into the zones of a
+    /// thread that is alive but never allocates again (only the holder of a slot may
+    /// take its notifications). They come back when that thread next takes a malloc
+    /// slow path, calls [`Slab::cleanup`], or exits.
+    pub reap_ms: u32,
 }
 
+/// Zone bytes an instance maps before its reaper starts (programs that stay below
+/// this never get a background thread).
+pub const REAPER_AFTER_BYTES: usize = 32 * ZONE_SIZE;
+
 impl Config {
-    /// The defaults: threshold 4, per-zone remote free, 16 KiB batches.
-    pub const DEFAULT: Config =
-        Config { zone_rels_thresh: 4, remote: RemoteMode::PerZone, batch_bytes: 16 * 1024 };
+    /// The defaults: threshold 4, per-zone remote free, 16 KiB batches, a reaper every
+    /// 100 ms.
+    pub const DEFAULT: Config = Config {
+        zone_rels_thresh: 4,
+        remote: RemoteMode::PerZone,
+        batch_bytes: 16 * 1024,
+        reap_ms: 100,
+    };
 }
 
 impl Default for Config {
@@ -91,6 +112,9 @@ pub struct Stats {
     pub large_os_calls: u64,
     /// Cached free zones, summed over slots.
     pub cached_zones: usize,
+    /// Retired zones beyond the slots' thresholds, waiting for the reaper or a malloc
+    /// slow path to unmap (or reuse) them.
+    pub releasing_zones: usize,
     /// The largest number of cached free zones any slot held at the end of a malloc
     /// slow path (the hysteresis bound says this is at most the threshold).
     pub worst_cached_after_slow: usize,
@@ -121,8 +145,16 @@ pub struct Slab {
     pub(crate) id: AtomicUsize,
     pub(crate) table: [AtomicPtr<Slot>; MAX_SLOTS],
     shared: AtomicPtr<Slot>,
-    shared_lock: Mutex<()>,
-    create_lock: Mutex<()>,
+    pub(crate) shared_lock: RawLock,
+    pub(crate) create_lock: RawLock,
+    /// Held by whoever reaps (the reaper thread, or `trim`), and by `fork`'s prepare.
+    pub(crate) reap_lock: RawLock,
+    /// Retired zones beyond a slot's threshold, waiting to be unmapped or reused: a
+    /// lock-free stack linked through `Zone::next`, taken whole with a swap.
+    release: AtomicPtr<Zone>,
+    releasing: AtomicUsize,
+    /// The reaper thread: 0 not started, 1 running, 2 could not start.
+    pub(crate) reaper: AtomicU32,
     shared_in_use: AtomicI64,
     zone_bytes: AtomicUsize,
     pub(crate) large_bytes: AtomicUsize,
@@ -143,7 +175,7 @@ impl Default for Slab {
 /// Frees through the shared slot, held for one operation.
 struct SharedGuard<'a> {
     slot: &'a Slot,
-    _g: MutexGuard<'a, ()>,
+    _g: LockGuard<'a>,
 }
 
 impl Slab {
@@ -159,8 +191,12 @@ impl Slab {
             id: AtomicUsize::new(0),
             table: [const { AtomicPtr::new(ptr::null_mut()) }; MAX_SLOTS],
             shared: AtomicPtr::new(ptr::null_mut()),
-            shared_lock: Mutex::new(()),
-            create_lock: Mutex::new(()),
+            shared_lock: RawLock::new(),
+            create_lock: RawLock::new(),
+            reap_lock: RawLock::new(),
+            release: AtomicPtr::new(ptr::null_mut()),
+            releasing: AtomicUsize::new(0),
+            reaper: AtomicU32::new(0),
             shared_in_use: AtomicI64::new(0),
             zone_bytes: AtomicUsize::new(0),
             large_bytes: AtomicUsize::new(0),
@@ -186,7 +222,7 @@ impl Slab {
         if !s.is_null() || !create {
             return (!s.is_null()).then_some(s);
         }
-        let _g = self.create_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _g = self.create_lock.guard();
         let s = cell.load(Ordering::Acquire);
         if !s.is_null() {
             return Some(s);
@@ -202,7 +238,7 @@ impl Slab {
     }
 
     fn lock_shared(&self) -> Option<SharedGuard<'_>> {
-        let g = self.shared_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let g = self.shared_lock.guard();
         let s = self.slot_at(MAX_SLOTS, true)?;
         // SAFETY: slots live as long as the heap; the mutex makes us its holder.
         Some(SharedGuard { slot: unsafe { &*s }, _g: g })
@@ -272,6 +308,8 @@ impl Slab {
             if p.is_some() {
                 slot.add_in_use(class_size(c) as i64);
             }
+            // The slot is consistent again: starting the reaper may allocate.
+            self.maybe_start_reaper();
             return p.unwrap_or(ptr::null_mut());
         }
         let Some(g) = self.lock_shared() else { return ptr::null_mut() };
@@ -476,6 +514,102 @@ impl Slab {
                 g.slot.drain(self, keep, force);
             }
         }
+        self.unmap_released();
+    }
+
+    /// Hands a retired zone beyond a slot's threshold to the release stack (free path:
+    /// no system call).
+    ///
+    /// # Safety
+    /// `z` is a retired zone of this heap ([`Zone::retire`] ran), on no list.
+    pub(crate) unsafe fn push_release(&self, z: *mut Zone) {
+        // SAFETY: the zone is ours until the CAS publishes it (contract).
+        let zone = unsafe { &*z };
+        let mut old = self.release.load(Ordering::Relaxed);
+        loop {
+            zone.next.set(old);
+            match self.release.compare_exchange_weak(old, z, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(cur) => old = cur,
+            }
+        }
+        self.releasing.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes the whole release stack (a chain through `Zone::next`), or null.
+    pub(crate) fn take_released(&self) -> *mut Zone {
+        if self.release.load(Ordering::Relaxed).is_null() {
+            return ptr::null_mut();
+        }
+        self.release.swap(ptr::null_mut(), Ordering::Acquire)
+    }
+
+    /// Counts zones taken off the release stack by a slot.
+    pub(crate) fn released_taken(&self, n: usize) {
+        self.releasing.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Unmaps every zone on the release stack; returns how many.
+    pub(crate) fn unmap_released(&self) -> usize {
+        let mut z = self.take_released();
+        let mut n = 0;
+        while !z.is_null() {
+            // SAFETY: zones on the release stack are retired and ours after the swap.
+            let next = unsafe { (*z).next.get() };
+            self.releasing.fetch_sub(1, Ordering::Relaxed);
+            // SAFETY: a retired zone: no chunk in use, no pin, on no list.
+            unsafe { self.unmap_zone(z.cast()) };
+            n += 1;
+            z = next;
+        }
+        n
+    }
+
+    /// Starts the reaper thread once the instance is big enough (see
+    /// [`Config::reap_ms`]). Called where no slot is mid-operation, because spawning
+    /// a thread allocates.
+    #[inline]
+    fn maybe_start_reaper(&'static self) {
+        if self.config.reap_ms == 0
+            || self.reaper.load(Ordering::Relaxed) != 0
+            || self.zone_bytes.load(Ordering::Relaxed) < REAPER_AFTER_BYTES
+        {
+            return;
+        }
+        if self.reaper.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("dfly-slab-reaper".into())
+            .stack_size(64 * 1024)
+            .spawn(move || self.reaper_loop());
+        if spawned.is_err() {
+            self.reaper.store(2, Ordering::Relaxed);
+        }
+    }
+
+    fn reaper_loop(&'static self) {
+        let base = u64::from(self.config.reap_ms.max(1));
+        let mut period = base;
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(period));
+            // After a fork the child has no reaper; the state says so (see `fork`).
+            if self.reaper.load(Ordering::Relaxed) != 1 {
+                return;
+            }
+            let did = self.reap();
+            period = if did { base } else { (period * 2).min(base * 4) };
+        }
+    }
+
+    /// One reaper round: unmap the release stack and clean every slot nobody holds.
+    /// Returns true if it returned memory to the OS.
+    fn reap(&'static self) -> bool {
+        let before = self.zone_os_calls.load(Ordering::Relaxed);
+        self.reap_lock.lock();
+        self.clean(self.config.zone_rels_thresh, false);
+        self.reap_lock.unlock();
+        self.zone_os_calls.load(Ordering::Relaxed) != before
     }
 
     /// A snapshot of the counters.
@@ -490,6 +624,7 @@ impl Slab {
             notifications: self.notifications.load(Ordering::Relaxed),
             batches: self.batches.load(Ordering::Relaxed),
             slots: self.slots.load(Ordering::Relaxed),
+            releasing_zones: self.releasing.load(Ordering::Relaxed),
             ..Stats::default()
         };
         for i in 0..=MAX_SLOTS {

@@ -16,9 +16,15 @@
 //!   when the zone had dropped off its owner's list, and a pin while the freer still
 //!   touches the zone; or, with [`RemoteMode::Batched`], snmalloc-style batches per
 //!   destination slot, one CAS per batch.
-//! - **Hysteresis**: free never calls the OS for zone memory; malloc's slow path unmaps
-//!   cached free zones beyond [`Config::zone_rels_thresh`] (default 4). [`Slab::cleanup`]
-//!   and [`Slab::trim`] absorb stranded remote chunks and return empty zones.
+//! - **Hysteresis**: free never calls the OS for zone memory. A slot caches at most
+//!   [`Config::zone_rels_thresh`] (default 4) fully free zones; free hands the excess
+//!   to the instance's release stack (one CAS), where a malloc slow path reuses or
+//!   unmaps it, and so does the **reaper**, a background thread every
+//!   [`Config::reap_ms`] that also cleans slots no thread holds, so memory comes back
+//!   after a bulk free even if the program never allocates again. [`Slab::cleanup`]
+//!   and [`Slab::trim`] do the same on demand.
+//! - **Fork**: `pthread_atfork` handlers keep the allocator's locks consistent in the
+//!   child (module `fork`).
 //! - [`SlabAlloc`] is a `#[global_allocator]`; [`Slab`] is an instance with its own
 //!   configuration and counters ([`Stats`]).
 //!
@@ -40,15 +46,16 @@
 //! # Unsafe code
 //! Confined to: `os` (system calls), `zone` (chunk links and zone headers in raw
 //! memory), `slot` and `heap` (dereferencing zone and slot pointers), `large` (header
-//! pages), `thread` (the pthread key), `global` (the `GlobalAlloc` impl). [`class`]
+//! pages), `thread` (the pthread key), `fork` (`pthread_atfork`), `global` (the `GlobalAlloc` impl); `lock` has none. [`class`]
 //! and `kind` are safe code.
 //!
 //! # Not done (yet)
 //! Passive IPIs to ipi CPUs (owners learn of remote work on their slow path or in
-//! cleanup), the typed object cache, the C ABI for `LD_PRELOAD`, the debug bitmap and
-//! fork handling.
+//! cleanup), the C ABI for `LD_PRELOAD`, the debug bitmap.
 
 pub mod class;
+#[cfg(not(loom))]
+mod fork;
 #[cfg(not(loom))]
 pub mod global;
 #[cfg(not(loom))]
@@ -57,6 +64,8 @@ mod heap;
 mod kind;
 #[cfg(not(loom))]
 mod large;
+#[cfg(not(loom))]
+mod lock;
 #[cfg(not(loom))]
 pub mod objcache;
 #[cfg(not(loom))]
@@ -73,7 +82,7 @@ mod tests;
 #[cfg(not(loom))]
 pub use global::SlabAlloc;
 #[cfg(not(loom))]
-pub use heap::{Config, RemoteMode, Slab, Stats};
+pub use heap::{Config, RemoteMode, Slab, Stats, REAPER_AFTER_BYTES};
 #[cfg(not(loom))]
 pub use kind::{Kind, KindError};
 #[cfg(not(loom))]

@@ -81,3 +81,30 @@ pub(crate) fn page_size() -> usize {
         p as usize
     }
 }
+
+/// Sleeps while `word` holds `expected` (or until a wake or a signal).
+pub(crate) fn futex_wait(word: &dfly_core::sync::atomic::AtomicU32, expected: u32) {
+    // SAFETY: `word` is a live, aligned u32 for the call; FUTEX_WAIT only reads it.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            core::ptr::null::<libc::timespec>(),
+        );
+    }
+}
+
+/// Wakes one thread sleeping on `word`.
+pub(crate) fn futex_wake_one(word: &dfly_core::sync::atomic::AtomicU32) {
+    // SAFETY: FUTEX_WAKE uses the address only as a key.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            1,
+        );
+    }
+}

@@ -200,19 +200,18 @@ impl Slot {
             self.unlink(c, z);
         }
         zone.retire();
-        // Newest at the head of the cache; the oldest (tail) is released first.
-        let old = self.free_head.get();
-        zone.prev.set(ptr::null_mut());
-        zone.next.set(old);
-        if old.is_null() {
-            self.free_tail.set(z);
-        } else {
-            // SAFETY: cached zones are ours.
-            unsafe { (*old).prev.set(z) };
+        // SAFETY: the heap outlives its slots.
+        let heap = unsafe { &*self.heap };
+        if self.nfree_zones.get() >= heap.config().zone_rels_thresh {
+            // Beyond the threshold: to the heap's release stack, for the reaper or a
+            // malloc slow path to unmap. No system call here.
+            self.zones.fetch_sub(1, Ordering::Relaxed);
+            // SAFETY: retired just now and unlinked from every list.
+            unsafe { heap.push_release(z) };
+            return;
         }
-        self.free_head.set(z);
-        self.nfree_zones.set(self.nfree_zones.get() + 1);
-        self.cached.store(self.nfree_zones.get(), Ordering::Relaxed);
+        // Newest at the head of the cache; the oldest (tail) is released first.
+        self.cache_retired(z);
     }
 
     /// Handles notifications and inbound batches (holder only). Never calls the OS.
@@ -301,6 +300,7 @@ impl Slot {
             None => self.new_zone(heap, c).and_then(|()| self.alloc_fast(c)),
         };
         self.release_excess(heap, heap.config().zone_rels_thresh);
+        heap.unmap_released();
         let cached = self.nfree_zones.get();
         if cached > self.worst_cached.load(Ordering::Relaxed) {
             self.worst_cached.store(cached, Ordering::Relaxed);
@@ -311,8 +311,13 @@ impl Slot {
     /// Puts a new zone for class `c` at the head of its list: from the free-zone cache
     /// (newest first) or fresh from the OS.
     fn new_zone(&self, heap: &Slab, c: usize) -> Option<()> {
+        // Our cache first (newest first), then zones other slots retired beyond their
+        // thresholds, then the OS.
         let cached = self.free_head.get();
-        let mem = if cached.is_null() {
+        let adopted = if cached.is_null() { self.adopt_released(heap) } else { ptr::null_mut() };
+        let mem = if !adopted.is_null() {
+            adopted.cast()
+        } else if cached.is_null() {
             let m = heap.map_zone()?;
             self.zones.fetch_add(1, Ordering::Relaxed);
             m
@@ -337,6 +342,52 @@ impl Slot {
         let z = unsafe { Zone::init(mem, ZONE_SIZE, c, &self.mailbox, j) };
         self.insert_head(c, z);
         Some(())
+    }
+
+    /// Takes the heap's release stack: the first zone is returned for reuse, up to the
+    /// threshold go to this slot's cache, the rest are unmapped. Null if it was empty.
+    fn adopt_released(&self, heap: &Slab) -> *mut Zone {
+        let first = heap.take_released();
+        if first.is_null() {
+            return first;
+        }
+        // SAFETY: zones on the release stack are retired and ours after the take.
+        let mut z = unsafe { (*first).next.get() };
+        heap.released_taken(1);
+        self.zones.fetch_add(1, Ordering::Relaxed);
+        while !z.is_null() {
+            // SAFETY: as above.
+            let zone = unsafe { &*z };
+            let next = zone.next.get();
+            heap.released_taken(1);
+            if self.nfree_zones.get() < heap.config().zone_rels_thresh {
+                self.zones.fetch_add(1, Ordering::Relaxed);
+                self.cache_retired(z);
+            } else {
+                // SAFETY: a retired zone on no list.
+                unsafe { heap.unmap_zone(z.cast()) };
+            }
+            z = next;
+        }
+        first
+    }
+
+    /// Puts a retired zone at the head of the free-zone cache.
+    fn cache_retired(&self, z: *mut Zone) {
+        // SAFETY: `z` is a retired zone of ours.
+        let zone = unsafe { &*z };
+        let old = self.free_head.get();
+        zone.prev.set(ptr::null_mut());
+        zone.next.set(old);
+        if old.is_null() {
+            self.free_tail.set(z);
+        } else {
+            // SAFETY: cached zones are ours.
+            unsafe { (*old).prev.set(z) };
+        }
+        self.free_head.set(z);
+        self.nfree_zones.set(self.nfree_zones.get() + 1);
+        self.cached.store(self.nfree_zones.get(), Ordering::Relaxed);
     }
 
     /// Queues a chunk of another slot's zone on the outgoing batch for that slot

@@ -163,6 +163,7 @@ impl Slab {
         match s {
             Some(s) => {
                 hook_thread_exit();
+                crate::fork::register(i, self);
                 SLOTS.with(|a| a[i].set(s));
                 s
             }

@@ -9,6 +9,8 @@ mod basic;
 mod churn;
 #[cfg(not(loom))]
 mod model;
+#[cfg(not(loom))]
+mod reap;
 
 #[cfg(not(loom))]
 use std::alloc::Layout;

@@ -182,7 +182,12 @@ proptest! {
     #[test]
     fn model_batched(ops in proptest::collection::vec(op(), 1..400)) {
         static HEAP: Slab =
-            Slab::with_config(Config { remote: RemoteMode::Batched, batch_bytes: 256, zone_rels_thresh: 1 });
+            Slab::with_config(Config {
+                remote: RemoteMode::Batched,
+                batch_bytes: 256,
+                zone_rels_thresh: 1,
+                ..Config::DEFAULT
+            });
         run(&HEAP, ops);
     }
 }
