@@ -27,6 +27,8 @@
 //!   child (module `fork`).
 //! - [`SlabAlloc`] is a `#[global_allocator]`; [`Slab`] is an instance with its own
 //!   configuration and counters ([`Stats`]).
+//! - [`ObjCache`] is a typed object cache (module [`objcache`]): per-CPU magazines in
+//!   front of a depot; constructors run only on fresh objects.
 //!
 //! ```
 //! use dfly_slaballoc::{Config, RemoteMode, Slab};
@@ -51,7 +53,12 @@
 //!
 //! # Not done (yet)
 //! Passive IPIs to ipi CPUs (owners learn of remote work on their slow path or in
-//! cleanup), the C ABI for `LD_PRELOAD`, the debug bitmap.
+//! cleanup), the debug bitmap.
+//!
+//! # The C library
+//! The package `dfly-slaballoc-cabi` (in `cabi/`) builds `libdfly_slaballoc_c.so`,
+//! the malloc family over [`global::DEFAULT`] for `LD_PRELOAD`; its test runs
+//! `python3`, `sort` and `git` under it.
 
 pub mod class;
 #[cfg(not(loom))]
@@ -85,5 +92,7 @@ pub use global::SlabAlloc;
 pub use heap::{Config, RemoteMode, Slab, Stats, REAPER_AFTER_BYTES};
 #[cfg(not(loom))]
 pub use kind::{Kind, KindError};
+#[cfg(not(loom))]
+pub use objcache::{Obj, ObjCache};
 #[cfg(not(loom))]
 pub use thread::MAX_INSTANCES;
