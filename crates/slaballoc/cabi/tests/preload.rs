@@ -250,3 +250,45 @@ fn git_on_a_scratch_repository_works() {
     assert_eq!(String::from_utf8_lossy(&plain.stdout), head);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The library tests of other workspace crates, built by this test and run with the
+/// library preloaded: every allocation of those test binaries (Rust's `System`
+/// allocator calls `malloc`) goes through dfly-slaballoc.
+#[test]
+fn other_crates_test_suites_pass_on_the_library() {
+    let lib = library();
+    let target = lib.parent().and_then(std::path::Path::parent).expect("target dir").to_path_buf();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["test", "--release", "--no-run", "--lib", "--message-format=json"])
+        .args(["-p", "dfly-core", "-p", "dfly-ipi", "-p", "dfly-namecache", "--target-dir"])
+        .arg(&target)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    let o = run(cmd, Duration::from_secs(1200));
+    assert!(o.status.success(), "building the suites: {}", String::from_utf8_lossy(&o.stderr));
+    let json = String::from_utf8_lossy(&o.stdout);
+    let mut exes = Vec::new();
+    for line in json.lines().filter(|l| l.contains("\"compiler-artifact\"")) {
+        if let Some(i) = line.find("\"executable\":\"") {
+            let rest = &line[i + 14..];
+            if let Some(j) = rest.find('"') {
+                exes.push(PathBuf::from(&rest[..j]));
+            }
+        }
+    }
+    assert_eq!(exes.len(), 3, "expected three library test binaries, got {exes:?}");
+    for exe in exes {
+        let mut c = Command::new(&exe);
+        c.env("LD_PRELOAD", &lib).current_dir(env!("CARGO_MANIFEST_DIR"));
+        let out = run(c, Duration::from_secs(600));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("test result: ok"),
+            "{} failed under LD_PRELOAD: {stdout}\n{}",
+            exe.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary = stdout.lines().rfind(|l| l.starts_with("test result")).unwrap_or("");
+        eprintln!("{} on libdfly_slaballoc_c.so: {summary}", exe.display());
+    }
+}
