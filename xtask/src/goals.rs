@@ -111,7 +111,7 @@ const fn absolute(
 }
 
 /// Every goal table, in report order. Add a suite's table here.
-pub const TABLES: &[&[Goal]] = &[IPI, LWKT, NAMECACHE];
+pub const TABLES: &[&[Goal]] = &[IPI, LWKT, NAMECACHE, SLABALLOC];
 
 /// dfly-ipi's goals (core-ipi.md, "Benchmarks and goals"), named as the ipi bench emits.
 pub const IPI: &[Goal] = &[
@@ -312,6 +312,77 @@ pub const NAMECACHE: &[Goal] = &[
         AtMost,
         1.0,
     ),
+];
+
+/// dfly-slaballoc's goals (slaballoc.md, "Benchmarks and goals"), named as the slaballoc
+/// bench emits. `dfly` is `SlabAlloc`, the process-wide instance in its default
+/// configuration (per-zone remote free); the bench also records `dfly-perzone` and
+/// `dfly-batched` in the cross-thread cases, to choose the default by. ">= 2x faster
+/// than mimalloc" is a time ratio of at most 0.5.
+pub const SLABALLOC: &[Goal] = &[
+    ratio(
+        "hot pair 64 B vs mimalloc",
+        "slaballoc",
+        "hot_pair/64",
+        "ns_per_pair",
+        AtMost,
+        1.1,
+        "mimalloc 0.1.52",
+    ),
+    ratio(
+        "hot pair 64 B vs snmalloc",
+        "slaballoc",
+        "hot_pair/64",
+        "ns_per_pair",
+        AtMost,
+        1.1,
+        "snmalloc-rs 0.7.6",
+    ),
+    ratio(
+        "hot pair 64 B vs glibc",
+        "slaballoc",
+        "hot_pair/64",
+        "ns_per_pair",
+        AtMost,
+        0.75,
+        "glibc (std System)",
+    ),
+    ratio(
+        "producer/consumer 64 B vs snmalloc",
+        "slaballoc",
+        "prodcons/64",
+        "ns_per_object",
+        AtMost,
+        2.2,
+        "snmalloc-rs 0.7.6",
+    ),
+    ratio(
+        "producer/consumer 64 B vs mimalloc",
+        "slaballoc",
+        "prodcons/64",
+        "ns_per_object",
+        AtMost,
+        0.5,
+        "mimalloc 0.1.52",
+    ),
+    absolute(
+        "retain: freed memory returned within 1 s",
+        "slaballoc",
+        "retain",
+        "returned_frac_1s",
+        AtLeast,
+        0.9,
+    ),
+    ratio(
+        "single-thread peak RSS vs glibc",
+        "slaballoc",
+        "peak_rss",
+        "peak_rss_mb",
+        AtMost,
+        1.25,
+        "glibc (std System)",
+    ),
+    absolute("metadata, small classes", "slaballoc", "metadata/*", "meta_frac", AtMost, 0.005),
 ];
 
 impl Goal {
@@ -633,5 +704,26 @@ mod tests {
             assert!(bound.is_finite(), "{goal:?}");
         }
         assert_eq!(IPI.len(), 17);
+    }
+
+    #[test]
+    fn slaballoc_goals_name_what_the_bench_emits() {
+        let bench = std::fs::read_to_string(
+            crate::cmd::root().join("benches").join("benches").join("slaballoc.rs"),
+        )
+        .unwrap();
+        for goal in SLABALLOC {
+            let (label, suite, case, metric, ..) = goal.parts();
+            assert_eq!(suite, "slaballoc", "{label}");
+            let stem = case.trim_end_matches('*').split('/').next().unwrap();
+            assert!(bench.contains(stem), "{label}: the bench has no case {case}");
+            assert!(bench.contains(&format!("\"{metric}")), "{label}: no metric {metric}");
+            if let Goal::Ratio { peer_impl, .. } = goal {
+                assert!(
+                    bench.contains(&format!("\"{peer_impl}\"")),
+                    "{label}: no peer {peer_impl}"
+                );
+            }
+        }
     }
 }
