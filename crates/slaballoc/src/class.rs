@@ -26,7 +26,9 @@ pub const NCLASSES: usize = 72;
 pub const PAGE: usize = 4096;
 /// Bytes reserved for the zone header at the start of every zone. Chunks start at
 /// the first multiple of the class alignment at or above this.
-pub const ZONE_HEADER: usize = 256;
+///
+/// With the `debug` feature the reserve also holds the zone's in-use bitmap (2 KiB).
+pub const ZONE_HEADER: usize = if cfg!(feature = "debug") { 256 + ZONE_SIZE / 64 } else { 256 };
 
 /// The class size (bytes per chunk) of class `index`. Panics if `index >= NCLASSES`.
 ///
@@ -74,12 +76,7 @@ pub const fn class_align(index: usize) -> usize {
 
 /// Offset of the first chunk of class `index` from the zone start.
 pub const fn first_chunk_offset(index: usize) -> usize {
-    let a = class_align(index);
-    if a > ZONE_HEADER {
-        a
-    } else {
-        ZONE_HEADER
-    }
+    ZONE_HEADER.next_multiple_of(class_align(index))
 }
 
 /// The number of chunks in a zone of `zone_bytes` for class `index`.

@@ -347,6 +347,17 @@ impl Slab {
     /// freed yet.
     pub unsafe fn dealloc(&'static self, p: *mut u8) {
         let a = p as usize;
+        #[cfg(feature = "debug")]
+        {
+            let header = if a & (ZONE_SIZE - 1) == 0 {
+                a.wrapping_sub(crate::class::PAGE)
+            } else {
+                a & !(ZONE_SIZE - 1)
+            };
+            if !crate::debug::is_mapped(header) {
+                crate::debug::fault("free of a pointer this allocator does not own (unmapped)", a);
+            }
+        }
         if a & (ZONE_SIZE - 1) == 0 {
             // SAFETY: only large blocks are zone-aligned (contract).
             let n = unsafe { large::free(self, p) };
@@ -358,18 +369,26 @@ impl Slab {
         // holding `p` (contract), which is mapped while `p` is in use.
         let magic = unsafe { (*z).magic() };
         if magic != ZONE_MAGIC {
-            debug_assert_eq!(magic, LARGE_MAGIC, "free of a pointer this heap did not return");
             if magic == LARGE_MAGIC {
                 // SAFETY: a large block of ours (contract).
                 let n = unsafe { large::free(self, p) };
                 self.charge(self.tls_slot(), -(n as i64));
+            } else if cfg!(feature = "debug") {
+                crate::debug::fault("free of a pointer this allocator does not own", a);
             }
+            // Otherwise a foreign pointer: ignored, never linked anywhere.
             return;
         }
         // SAFETY: a live zone while `p` is in use.
         let zone = unsafe { &*z };
-        debug_assert!(zone.is_chunk_start(a), "free of an interior or foreign pointer");
         let size = zone.chunk_size();
+        #[cfg(feature = "debug")]
+        // SAFETY: `p` lies in the chunk area of the live zone `z`.
+        unsafe {
+            crate::debug::on_free(z as usize, zone.base(), size, a)
+        };
+        // SAFETY: `p` is a chunk of `size` bytes the caller gives up (contract).
+        unsafe { crate::debug::on_free_key(a, size) };
         let owner = zone.owner();
         let mut s = self.tls_slot();
         if s.is_null() && self.config.remote == RemoteMode::Batched {

@@ -84,9 +84,14 @@ pub(crate) unsafe fn free(heap: &Slab, p: *mut u8) -> usize {
     // SAFETY: the header of a live large block is mapped (contract).
     let (magic, base, len, usable) =
         unsafe { ((*h).magic, (*h).map_base, (*h).map_len, (*h).usable) };
-    debug_assert_eq!(magic, LARGE_MAGIC, "free of a pointer this heap did not return");
     if magic != LARGE_MAGIC {
+        if cfg!(feature = "debug") {
+            crate::debug::fault("free of a pointer this allocator does not own", p as usize);
+        }
         return 0;
+    }
+    if base + len - usable != p as usize {
+        crate::debug::fault("free of an interior pointer into a large block", p as usize);
     }
     // SAFETY: the whole mapping is ours and nothing uses it any more (contract).
     unsafe { os::unmap(NonNull::new_unchecked(base as *mut u8), len) };

@@ -53,7 +53,13 @@
 //!
 //! # Not done (yet)
 //! Passive IPIs to ipi CPUs (owners learn of remote work on their slow path or in
-//! cleanup), the debug bitmap.
+//! cleanup).
+//!
+//! # Faults
+//! Every build ignores a free of a foreign pointer and aborts with a message on a
+//! double free of a chunk of 16 bytes or more (a key in the freed chunk) and on a free
+//! inside a large block; the `debug` feature adds a per-zone in-use bitmap, interior
+//! and unmapped pointer checks, and poisoning verified on reuse (module [`debug`]).
 //!
 //! # The C library
 //! The package `dfly-slaballoc-cabi` (in `cabi/`) builds `libdfly_slaballoc_c.so`,
@@ -61,6 +67,7 @@
 //! `python3`, `sort` and `git` under it.
 
 pub mod class;
+pub mod debug;
 #[cfg(not(loom))]
 mod fork;
 #[cfg(not(loom))]

@@ -259,6 +259,15 @@ impl Zone {
         };
         // SAFETY: `mem` is exclusively ours and large and aligned enough (contract).
         unsafe { z.write(header) };
+        #[cfg(all(feature = "debug", not(loom)))]
+        // SAFETY: the bitmap lies in the header reserve of the zone we own (contract).
+        unsafe {
+            core::ptr::write_bytes(
+                mem.add(crate::debug::BITMAP_OFFSET),
+                0,
+                crate::debug::BITMAP_BYTES,
+            )
+        };
         z
     }
 
@@ -278,6 +287,13 @@ impl Zone {
     #[inline]
     pub(crate) fn class(&self) -> usize {
         self.class.get() as usize
+    }
+
+    /// The address of the first chunk.
+    #[cfg(feature = "debug")]
+    #[inline]
+    pub(crate) fn base(&self) -> usize {
+        self.base.get()
     }
 
     /// Bytes per chunk.
@@ -316,14 +332,6 @@ impl Zone {
         self.pending_next.load(Ordering::Relaxed)
     }
 
-    /// True if `p` points at the start of a chunk of this zone.
-    pub(crate) fn is_chunk_start(&self, p: usize) -> bool {
-        let base = self.base.get();
-        p >= base
-            && (p - base) % self.chunk_size() == 0
-            && (p - base) / self.chunk_size() < self.nmax()
-    }
-
     /// Takes a free chunk (owner only). The zone must have one (`nfree > 0`).
     #[inline]
     pub(crate) fn take(&self) -> *mut u8 {
@@ -346,6 +354,19 @@ impl Zone {
             self.base.get() + i as usize * self.chunk_size()
         };
         self.nfree.set(self.nfree.get() - 1);
+        // SAFETY: the chunk is ours now.
+        unsafe { crate::debug::on_alloc_key(chunk, self.chunk_size()) };
+        #[cfg(all(feature = "debug", not(loom)))]
+        // SAFETY: a chunk of this live zone, ours now; `p != 0` means it was freed before.
+        unsafe {
+            crate::debug::on_alloc(
+                self as *const Zone as usize,
+                self.base.get(),
+                self.chunk_size(),
+                chunk,
+                p != 0,
+            )
+        };
         chunk as *mut u8
     }
 

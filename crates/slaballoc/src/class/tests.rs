@@ -45,8 +45,12 @@ fn classes_are_strictly_increasing_and_fit_zones() {
         assert!(n >= 7, "class {c} has only {n} chunks");
         assert!(off + n * class_size(c) <= ZONE_SIZE);
     }
-    // Metadata for small classes stays under 0.5% of the zone.
-    const { assert!(ZONE_HEADER * 200 <= ZONE_SIZE) };
+    // Metadata for small classes stays under 0.5% of the zone (the debug feature's
+    // bitmap adds 1.6%).
+    #[cfg(not(feature = "debug"))]
+    const {
+        assert!(ZONE_HEADER * 200 <= ZONE_SIZE)
+    };
 }
 
 #[test]

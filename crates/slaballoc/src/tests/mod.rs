@@ -8,6 +8,8 @@ mod basic;
 #[cfg(not(loom))]
 mod churn;
 #[cfg(not(loom))]
+mod faults;
+#[cfg(not(loom))]
 mod model;
 #[cfg(not(loom))]
 mod reap;
