@@ -403,6 +403,29 @@ loom::thread_local! {
     static ATTACHED: Cell<*const Cpu> = Cell::new(core::ptr::null());
 }
 
+/// Runs `f` with the CPU this thread is attached as, if any (`None` on a thread with
+/// no live [`CpuHandle`]). For code below the scheduler that wants to send an IPI
+/// when, and only when, it runs on a CPU, such as an allocator notifying the CPU that
+/// owns memory it freed.
+///
+/// ```
+/// let xb = dfly_ipi::Crossbar::new(2).unwrap();
+/// assert!(dfly_ipi::with_attached(|cpu| cpu.id()).is_none());
+/// let h = xb.attach(1).unwrap();
+/// assert_eq!(dfly_ipi::with_attached(|cpu| cpu.id().index()), Some(1));
+/// drop(h);
+/// ```
+pub fn with_attached<R>(f: impl FnOnce(&Cpu) -> R) -> Option<R> {
+    let p = ATTACHED.with(|p| p.get());
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: ATTACHED points at the Cpu of this thread's live handle and is cleared in
+    // the handle's Drop before the Cpu is freed; the handle is not Send, so it is on
+    // this thread and outlives this call (as in `run_deferred_ipiq`).
+    Some(f(unsafe { &*p }))
+}
+
 fn ipiq_flag() -> ReqFlag {
     static FLAG: std::sync::OnceLock<ReqFlag> = std::sync::OnceLock::new();
     *FLAG.get_or_init(|| {

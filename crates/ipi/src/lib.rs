@@ -70,6 +70,6 @@ mod stats;
 mod tests;
 
 pub use cpusync::{Interlocked, SyncFn};
-pub use crossbar::{Config, Cpu, CpuHandle, Crossbar, IpiFn, Seq, MAX_NEST};
+pub use crossbar::{with_attached, Config, Cpu, CpuHandle, Crossbar, IpiFn, Seq, MAX_NEST};
 pub use error::{AttachError, BuildError, SendError, WaitError};
 pub use stats::CpuStats;

@@ -122,6 +122,11 @@ pub struct Stats {
     pub notifications: u64,
     /// Batches sent in batched mode.
     pub batches: u64,
+    /// Passive IPIs sent to owner CPUs (remote work for a CPU slot, freed by a thread
+    /// running as a dfly-ipi CPU), and mailbox services those IPIs ran.
+    pub ipis: u64,
+    /// See [`Stats::ipis`].
+    pub ipi_services: u64,
     /// Slots created.
     pub slots: usize,
 }
@@ -163,6 +168,9 @@ pub struct Slab {
     pub(crate) large_os_calls: AtomicU64,
     notifications: AtomicU64,
     batches: AtomicU64,
+    /// Passive IPIs sent to owner CPUs, and mailbox services they ran.
+    pub(crate) ipis: AtomicU64,
+    pub(crate) ipi_services: AtomicU64,
     slots: AtomicUsize,
 }
 
@@ -205,6 +213,8 @@ impl Slab {
             large_os_calls: AtomicU64::new(0),
             notifications: AtomicU64::new(0),
             batches: AtomicU64::new(0),
+            ipis: AtomicU64::new(0),
+            ipi_services: AtomicU64::new(0),
             slots: AtomicUsize::new(0),
         }
     }
@@ -425,9 +435,13 @@ impl Slab {
 
     #[inline]
     fn remote_free(&self, z: *mut Zone, p: *mut u8) {
+        // Read before the push: afterwards the zone may be released.
+        // SAFETY: `z` is live while its chunk `p` is in use.
+        let owner = unsafe { (*z).owner() };
         // SAFETY: `z` is live (its chunk `p` is in use) and `p` is given up.
         if unsafe { Zone::remote_free(z, p) } {
             self.notifications.fetch_add(1, Ordering::Relaxed);
+            crate::notify::owner_has_work(self, owner);
         }
     }
 
@@ -642,6 +656,8 @@ impl Slab {
             large_os_calls: self.large_os_calls.load(Ordering::Relaxed),
             notifications: self.notifications.load(Ordering::Relaxed),
             batches: self.batches.load(Ordering::Relaxed),
+            ipis: self.ipis.load(Ordering::Relaxed),
+            ipi_services: self.ipi_services.load(Ordering::Relaxed),
             slots: self.slots.load(Ordering::Relaxed),
             releasing_zones: self.releasing.load(Ordering::Relaxed),
             ..Stats::default()

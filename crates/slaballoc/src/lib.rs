@@ -15,7 +15,9 @@
 //!   a lock-free push on the zone's remote list, with a notification to the owner only
 //!   when the zone had dropped off its owner's list, and a pin while the freer still
 //!   touches the zone; or, with [`RemoteMode::Batched`], snmalloc-style batches per
-//!   destination slot, one CAS per batch.
+//!   destination slot, one CAS per batch. When the owner is a CPU slot and the
+//!   freer runs as a dfly-ipi CPU, the notification is also a passive IPI, so the
+//!   owner services it at its next poll (module `notify`).
 //! - **Hysteresis**: free never calls the OS for zone memory. A slot caches at most
 //!   [`Config::zone_rels_thresh`] (default 4) fully free zones; free hands the excess
 //!   to the instance's release stack (one CAS), where a malloc slow path reuses or
@@ -48,12 +50,10 @@
 //! # Unsafe code
 //! Confined to: `os` (system calls), `zone` (chunk links and zone headers in raw
 //! memory), `slot` and `heap` (dereferencing zone and slot pointers), `large` (header
-//! pages), `thread` (the pthread key), `fork` (`pthread_atfork`), `global` (the `GlobalAlloc` impl); `lock` has none. [`class`]
-//! and `kind` are safe code.
-//!
-//! # Not done (yet)
-//! Passive IPIs to ipi CPUs (owners learn of remote work on their slow path or in
-//! cleanup).
+//! pages), `thread` (the pthread key), `fork` (`pthread_atfork`), `notify` (the slot
+//! behind a mailbox), `global` (the `GlobalAlloc` impl); `debug` (chunk words, bitmaps,
+//! `write`/`abort`), `objcache` (magazine slots), `kind` (calls into the unsafe free).
+//! [`class`] and `lock` are safe code.
 //!
 //! # Faults
 //! Every build ignores a free of a foreign pointer and aborts with a message on a
@@ -82,6 +82,8 @@ mod large;
 mod lock;
 #[cfg(not(loom))]
 pub mod objcache;
+#[cfg(not(loom))]
+mod notify;
 #[cfg(not(loom))]
 mod os;
 #[cfg(not(loom))]

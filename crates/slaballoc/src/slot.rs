@@ -428,9 +428,13 @@ impl Slot {
         }
         // SAFETY: the batch is a chain of given-up chunks of zones owned by `dest`;
         // mailboxes live as long as their heap.
-        unsafe { (*b.dest.get()).push_inbound(b.head.get(), b.tail.get()) };
+        let was_empty = unsafe { (*b.dest.get()).push_inbound(b.head.get(), b.tail.get()) };
         // SAFETY: the heap outlives its slots.
-        unsafe { (*self.heap).count_batch() };
+        let heap = unsafe { &*self.heap };
+        heap.count_batch();
+        if was_empty {
+            crate::notify::owner_has_work(heap, b.dest.get());
+        }
         b.head.set(0);
         b.tail.set(0);
         b.bytes.set(0);

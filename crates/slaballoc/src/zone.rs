@@ -133,18 +133,19 @@ impl Mailbox {
     }
 
     /// Pushes a linked batch `head ..= tail` of chunks with one successful CAS.
+    /// Returns true if the stack was empty (the holder may need telling).
     ///
     /// # Safety
     /// `head ..= tail` is a chain of chunks linked through their first words, owned by
     /// the caller (freed memory of zones owned by this mailbox's slot).
-    pub(crate) unsafe fn push_inbound(&self, head: usize, tail: usize) {
+    pub(crate) unsafe fn push_inbound(&self, head: usize, tail: usize) -> bool {
         let mut old = self.inbound.load(Ordering::Relaxed);
         loop {
             // SAFETY: `tail` is a chunk the caller owns (function contract).
             unsafe { set_link(tail, old) };
             match self.inbound.compare_exchange_weak(old, head, Ordering::AcqRel, Ordering::Relaxed)
             {
-                Ok(_) => return,
+                Ok(_) => return old == 0,
                 Err(cur) => old = cur,
             }
         }

@@ -12,6 +12,8 @@ mod faults;
 #[cfg(not(loom))]
 mod model;
 #[cfg(not(loom))]
+mod notify;
+#[cfg(not(loom))]
 mod reap;
 
 #[cfg(not(loom))]
