@@ -29,10 +29,15 @@
 //!   (slot metadata + bytes before each zone's first chunk) / zone bytes;
 //! - `large/{64KiB,1MiB,8MiB}`: alloc, touch every page, free (ns per pair).
 //!
-//! The typed object cache comparison (against slab and bumpalo) waits for
-//! `dfly_slaballoc::objcache` to have an API. Record names match `xtask/src/goals.rs`.
+//! - `typed/{hot,batch100}`: dfly's typed object cache (`ObjCache` of a 64-byte
+//!   struct; get, write, put back) against `slab::Slab` insert/remove, a bumpalo arena
+//!   (alloc; reset every 1024 objects, or after each batch) and `Box::new`/drop
+//!   (glibc, this binary's allocator): one object at a time, or 100 held then released.
+//!
+//! Record names match `xtask/src/goals.rs`.
 //! Run with `cargo xtask bench slaballoc`; `DFLY_BENCH_ONLY=hot,batch,prodcons,larson,
-//! churn,retain,peak,metadata,large` selects cases when calling the binary directly.
+//! churn,retain,peak,metadata,large,typed` selects cases when calling the binary
+//! directly.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
@@ -44,7 +49,7 @@ use std::time::{Duration, Instant};
 
 use dfly_benches::{median, pin, progress, Mode, Recorder};
 use dfly_slaballoc::class::{class_index, first_chunk_offset, ZONE_SIZE};
-use dfly_slaballoc::{Config, RemoteMode, Slab, SlabAlloc};
+use dfly_slaballoc::{Config, ObjCache, RemoteMode, Slab, SlabAlloc};
 use mimalloc::MiMalloc;
 use snmalloc_rs::SnMalloc;
 use tikv_jemallocator::Jemalloc as JeMalloc;
@@ -54,6 +59,9 @@ const GLIBC: &str = "glibc (std System)";
 const MIMALLOC: &str = "mimalloc 0.1.52";
 const SNMALLOC: &str = "snmalloc-rs 0.7.6";
 const JEMALLOC: &str = "tikv-jemallocator 0.7.0";
+const SLAB: &str = "slab 0.4.12";
+const BUMPALO: &str = "bumpalo 3.20.4";
+const BOX: &str = "Box (glibc System)";
 /// The hidden first argument that makes this binary a one-case child process.
 const CHILD_FLAG: &str = "--slab-child";
 
@@ -467,6 +475,97 @@ fn metadata(size: usize, bytes: usize) -> Option<f64> {
     (st.zone_bytes > 0).then(|| meta as f64 / st.zone_bytes as f64)
 }
 
+// ---- typed object cache ------------------------------------------------------------
+
+/// The pooled type: 64 bytes.
+#[derive(Clone, Copy)]
+struct Obj64 {
+    w: [u64; 8],
+}
+
+const OBJ64: Obj64 = Obj64 { w: [0; 8] };
+
+/// ns per object for `n` objects taken and given back `batch` at a time (`batch` 1:
+/// one object in use at a time), by dfly's ObjCache, slab, bumpalo and Box.
+fn typed(mode: Mode, n: u64, batch: usize) -> [(&'static str, f64); 4] {
+    let rounds = (n / batch as u64).max(1);
+    let per = |t: Instant| t.elapsed().as_nanos() as f64 / (rounds * batch as u64) as f64;
+    let cache = ObjCache::new(|| OBJ64);
+    let dfly = measure(mode, || {
+        let mut held = Vec::with_capacity(batch);
+        let t = Instant::now();
+        for r in 0..rounds {
+            for i in 0..batch {
+                let mut o = cache.get();
+                o.w[i & 7] = r;
+                held.push(black_box(o));
+            }
+            held.clear();
+        }
+        per(t)
+    });
+    let mut pool: slab::Slab<Obj64> = slab::Slab::with_capacity(batch);
+    let slab = measure(mode, || {
+        let mut keys = Vec::with_capacity(batch);
+        let t = Instant::now();
+        for r in 0..rounds {
+            for i in 0..batch {
+                let k = pool.insert(OBJ64);
+                pool[k].w[i & 7] = r;
+                keys.push(black_box(k));
+            }
+            for k in keys.drain(..) {
+                black_box(pool.remove(k));
+            }
+        }
+        per(t)
+    });
+    let mut arena = bumpalo::Bump::new();
+    let bump = measure(mode, || {
+        let t = Instant::now();
+        let mut since_reset = 0;
+        for r in 0..rounds {
+            for i in 0..batch {
+                let o = arena.alloc(OBJ64);
+                o.w[i & 7] = r;
+                black_box(o);
+            }
+            since_reset += batch;
+            if batch > 1 || since_reset >= 1024 {
+                arena.reset();
+                since_reset = 0;
+            }
+        }
+        per(t)
+    });
+    let boxed = measure(mode, || {
+        let mut held = Vec::with_capacity(batch);
+        let t = Instant::now();
+        for r in 0..rounds {
+            for i in 0..batch {
+                let mut o = Box::new(OBJ64);
+                o.w[i & 7] = r;
+                held.push(black_box(o));
+            }
+            held.clear();
+        }
+        per(t)
+    });
+    [("dfly", dfly), (SLAB, slab), (BUMPALO, bump), (BOX, boxed)]
+}
+
+fn typed_suite(rec: &mut Recorder, mode: Mode) {
+    let n = mode.scale(5_000_000);
+    for (case, batch, metric) in
+        [("typed/hot", 1usize, "ns_per_pair"), ("typed/batch100", 100, "ns_per_object")]
+    {
+        progress(&format!("slaballoc: {case} ({n} objects of 64 bytes)"));
+        for (imp, v) in typed(mode, n, batch) {
+            rec.record(case, imp, metric, v, "ns", true);
+        }
+    }
+}
+
 // ---- child processes: RSS over time, churn, peak ------------------------------------
 
 /// Resident bytes now (`/proc/self/statm`).
@@ -773,8 +872,19 @@ fn batch_suite(rec: &mut Recorder, mode: Mode) {
             progress(&format!("slaballoc: batch_{order}/{size} ({rounds} rounds of {count})"));
             let case = format!("batch_{order}/{size}");
             for &w in MAIN {
-                let v = measure(mode, || w.run(Batch { size, count, rounds, fifo }));
+                let calls = SlabAlloc.heap().stats().zone_os_calls;
+                let mut runs = 0u64;
+                let v = measure(mode, || {
+                    runs += 1;
+                    w.run(Batch { size, count, rounds, fifo })
+                });
                 rec.record(&case, w.name(), "ns_per_object", v, "ns", true);
+                if w == Which::Dfly {
+                    // Zone mmap/munmap calls per round: hysteresis at work (or not).
+                    let calls = SlabAlloc.heap().stats().zone_os_calls - calls;
+                    let per_round = calls as f64 / (runs * rounds) as f64;
+                    rec.record(&case, "dfly", "zone_os_calls_per_round", per_round, "calls", true);
+                }
             }
         }
     }
@@ -801,7 +911,7 @@ fn larson_suite(rec: &mut Recorder, mode: Mode) {
 
 fn large_suite(rec: &mut Recorder, mode: Mode) {
     for (label, size, quick) in
-        [("64KiB", 64usize << 10, 20_000u64), ("1MiB", 1 << 20, 2_000), ("8MiB", 8 << 20, 200)]
+        [("64KiB", 64usize << 10, 5_000u64), ("1MiB", 1 << 20, 500), ("8MiB", 8 << 20, 60)]
     {
         let n = match mode {
             Mode::Test => 8,
@@ -888,6 +998,9 @@ fn main() {
     }
     if want("large") {
         large_suite(&mut rec, mode);
+    }
+    if want("typed") {
+        typed_suite(&mut rec, mode);
     }
     progress(&format!("slaballoc suite done: {} records", rec.count()));
 }
