@@ -39,8 +39,24 @@ pub const ZONE_HEADER: usize = if cfg!(feature = "debug") { 256 + ZONE_SIZE / 64
 /// assert_eq!(class_size(16), 144);
 /// assert_eq!(class_size(NCLASSES - 1), 16 * 1024);
 /// ```
+#[inline(always)]
 pub const fn class_size(index: usize) -> usize {
     assert!(index < NCLASSES, "size class out of range");
+    SIZES[index] as usize
+}
+
+/// The class sizes, computed once at compile time.
+const SIZES: [u32; NCLASSES] = {
+    let mut t = [0u32; NCLASSES];
+    let mut i = 0;
+    while i < NCLASSES {
+        t[i] = compute_class_size(i) as u32;
+        i += 1;
+    }
+    t
+};
+
+const fn compute_class_size(index: usize) -> usize {
     if index < 16 {
         (index + 1) * 8
     } else {
@@ -53,6 +69,7 @@ pub const fn class_size(index: usize) -> usize {
 
 /// The class that serves `n` bytes (`1..=ZONE_LIMIT`), or `None` if `n` is 0 or above
 /// the zone limit. The class size is the smallest in the table that is at least `n`.
+#[inline(always)]
 pub const fn class_index(n: usize) -> Option<usize> {
     if n == 0 || n > ZONE_LIMIT {
         return None;
@@ -69,6 +86,7 @@ pub const fn class_index(n: usize) -> Option<usize> {
 }
 
 /// The natural alignment of class `index`: the largest power of two dividing its size.
+#[inline]
 pub const fn class_align(index: usize) -> usize {
     let s = class_size(index);
     s & s.wrapping_neg()
@@ -95,8 +113,13 @@ pub const fn chunks_per_zone(index: usize, zone_bytes: usize) -> usize {
 /// assert_eq!(class_for(16 * 1024 + 1, 8), None);
 /// assert_eq!(class_for(8, 32 * 1024), None);
 /// ```
+#[inline(always)]
 pub const fn class_for(size: usize, align: usize) -> Option<usize> {
     let mut n = if size == 0 { 1 } else { size };
+    if align <= 8 {
+        // Every class size is a multiple of 8, so every chunk is 8-aligned.
+        return class_index(n);
+    }
     if align > ZONE_LIMIT {
         return None;
     }

@@ -61,10 +61,11 @@ pub struct Config {
     pub batch_bytes: usize,
     /// Period of the background reaper in milliseconds, 0 for none. The reaper starts
     /// once the instance has mapped [`REAPER_AFTER_BYTES`] of zones; each round it
-    /// unmaps zones retired beyond the slots' thresholds and cleans every slot no
-    /// thread holds, so memory comes back after a bulk free even when the freeing
-    /// thread never allocates again. When a round finds nothing to do the period
-    /// doubles, up to 4x (an idle program wakes it a few times a second).
+    /// cleans every slot no thread holds and unmaps the zones retired beyond the
+    /// slots' thresholds that sat on the release list for a whole round (younger ones
+    /// stay for a malloc to reuse), so memory comes back after a bulk free even when
+    /// the freeing thread never allocates again. When a round finds nothing to do the
+    /// period doubles (an idle program wakes it five times a second).
     ///
     /// What the reaper cannot reach: chunks other threads freed into the zones of a
     /// thread that is alive but never allocates again (only the holder of a slot may
@@ -154,10 +155,16 @@ pub struct Slab {
     pub(crate) create_lock: RawLock,
     /// Held by whoever reaps (the reaper thread, or `trim`), and by `fork`'s prepare.
     pub(crate) reap_lock: RawLock,
-    /// Retired zones beyond a slot's threshold, waiting to be unmapped or reused: a
-    /// lock-free stack linked through `Zone::next`, taken whole with a swap.
-    release: AtomicPtr<Zone>,
+    /// Retired zones beyond a slot's threshold, waiting to be reused by a malloc slow
+    /// path or unmapped by the reaper once they have sat a whole reaper period: a
+    /// list (newest at the head, linked through `Zone::prev`/`next`) under
+    /// `release_lock`, which is taken only when a whole zone changes hands.
+    pub(crate) release_lock: RawLock,
+    release_head: AtomicPtr<Zone>,
+    release_tail: AtomicPtr<Zone>,
     releasing: AtomicUsize,
+    /// Reaper rounds so far; a zone remembers the round it was released in.
+    reap_round: AtomicU32,
     /// The reaper thread: 0 not started, 1 running, 2 could not start.
     pub(crate) reaper: AtomicU32,
     shared_in_use: AtomicI64,
@@ -202,8 +209,11 @@ impl Slab {
             shared_lock: RawLock::new(),
             create_lock: RawLock::new(),
             reap_lock: RawLock::new(),
-            release: AtomicPtr::new(ptr::null_mut()),
+            release_lock: RawLock::new(),
+            release_head: AtomicPtr::new(ptr::null_mut()),
+            release_tail: AtomicPtr::new(ptr::null_mut()),
             releasing: AtomicUsize::new(0),
+            reap_round: AtomicU32::new(0),
             reaper: AtomicU32::new(0),
             shared_in_use: AtomicI64::new(0),
             zone_bytes: AtomicUsize::new(0),
@@ -355,7 +365,43 @@ impl Slab {
     /// # Safety
     /// `p` was returned by this instance's `alloc`/`alloc_zeroed`/`realloc` and is not
     /// freed yet.
+    #[inline]
     pub unsafe fn dealloc(&'static self, p: *mut u8) {
+        let a = p as usize;
+        // Fast path: a chunk of a zone the calling thread's slot owns.
+        if !cfg!(feature = "debug") && a & (ZONE_SIZE - 1) != 0 {
+            let z = (a & !(ZONE_SIZE - 1)) as *mut Zone;
+            // SAFETY: the masked address of a non-zone-aligned block is the header of
+            // its zone or large mapping (contract), mapped while `p` is in use.
+            let zone = unsafe { &*z };
+            let s = self.tls_slot();
+            if zone.magic() == ZONE_MAGIC
+                && s as usize > DEAD as usize
+                // SAFETY: a slot the calling thread holds.
+                && core::ptr::eq(zone.owner(), unsafe { &(*s).mailbox })
+            {
+                // SAFETY: as above.
+                let slot = unsafe { &*s };
+                let size = zone.chunk_size();
+                // SAFETY: `p` is a chunk of `size` bytes the caller gives up.
+                unsafe { crate::debug::on_free_key(a, size) };
+                slot.add_in_use(-(size as i64));
+                // SAFETY: our zone, our chunk, given up (contract).
+                unsafe { slot.free_local(z, p) };
+                return;
+            }
+        }
+        // SAFETY: the caller's contract.
+        unsafe { self.dealloc_slow(p) }
+    }
+
+    /// Every free but a local one: large blocks, remote frees, threads without a
+    /// slot, and the debug checks.
+    ///
+    /// # Safety
+    /// As for [`Slab::dealloc`].
+    #[inline(never)]
+    unsafe fn dealloc_slow(&'static self, p: *mut u8) {
         let a = p as usize;
         #[cfg(feature = "debug")]
         {
@@ -521,6 +567,11 @@ impl Slab {
     }
 
     fn clean(&'static self, keep: usize, force: bool) {
+        self.clean_slots(keep, force);
+        self.unmap_released(u32::MAX);
+    }
+
+    fn clean_slots(&'static self, keep: usize, force: bool) {
         let mine = self.tls_slot();
         if mine as usize > DEAD as usize {
             // SAFETY: a slot we hold.
@@ -547,55 +598,100 @@ impl Slab {
                 g.slot.drain(self, keep, force);
             }
         }
-        self.unmap_released();
     }
 
-    /// Hands a retired zone beyond a slot's threshold to the release stack (free path:
-    /// no system call).
+    /// Hands a retired zone beyond a slot's threshold to the release list (free path:
+    /// no system call; one uncontended lock per 128 KiB zone).
     ///
     /// # Safety
     /// `z` is a retired zone of this heap ([`Zone::retire`] ran), on no list.
     pub(crate) unsafe fn push_release(&self, z: *mut Zone) {
-        // SAFETY: the zone is ours until the CAS publishes it (contract).
+        // SAFETY: the zone is ours (contract); list links change under the lock.
         let zone = unsafe { &*z };
-        let mut old = self.release.load(Ordering::Relaxed);
-        loop {
-            zone.next.set(old);
-            match self.release.compare_exchange_weak(old, z, Ordering::Release, Ordering::Relaxed) {
-                Ok(_) => break,
-                Err(cur) => old = cur,
-            }
+        zone.set_round(self.reap_round.load(Ordering::Relaxed));
+        let _g = self.release_lock.guard();
+        let head = self.release_head.load(Ordering::Relaxed);
+        zone.prev.set(ptr::null_mut());
+        zone.next.set(head);
+        if head.is_null() {
+            self.release_tail.store(z, Ordering::Relaxed);
+        } else {
+            // SAFETY: zones on the release list are retired and live; we hold the lock.
+            unsafe { (*head).prev.set(z) };
         }
+        self.release_head.store(z, Ordering::Relaxed);
         self.releasing.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Takes the whole release stack (a chain through `Zone::next`), or null.
-    pub(crate) fn take_released(&self) -> *mut Zone {
-        if self.release.load(Ordering::Relaxed).is_null() {
+    /// Takes the most recently released zone for reuse, or null.
+    pub(crate) fn pop_release(&self) -> *mut Zone {
+        if self.releasing.load(Ordering::Relaxed) == 0 {
             return ptr::null_mut();
         }
-        self.release.swap(ptr::null_mut(), Ordering::Acquire)
-    }
-
-    /// Counts zones taken off the release stack by a slot.
-    pub(crate) fn released_taken(&self, n: usize) {
-        self.releasing.fetch_sub(n, Ordering::Relaxed);
-    }
-
-    /// Unmaps every zone on the release stack; returns how many.
-    pub(crate) fn unmap_released(&self) -> usize {
-        let mut z = self.take_released();
-        let mut n = 0;
-        while !z.is_null() {
-            // SAFETY: zones on the release stack are retired and ours after the swap.
+        let _g = self.release_lock.guard();
+        let z = self.release_head.load(Ordering::Relaxed);
+        if !z.is_null() {
+            // SAFETY: a zone on the release list; we hold the lock.
             let next = unsafe { (*z).next.get() };
+            self.release_head.store(next, Ordering::Relaxed);
+            if next.is_null() {
+                self.release_tail.store(ptr::null_mut(), Ordering::Relaxed);
+            } else {
+                // SAFETY: as above.
+                unsafe { (*next).prev.set(ptr::null_mut()) };
+            }
             self.releasing.fetch_sub(1, Ordering::Relaxed);
-            // SAFETY: a retired zone: no chunk in use, no pin, on no list.
-            unsafe { self.unmap_zone(z.cast()) };
+        }
+        z
+    }
+
+    /// Unmaps the zones on the release list released before round `before` (all of
+    /// them for `u32::MAX`), oldest first; returns how many.
+    pub(crate) fn unmap_released(&self, before: u32) -> usize {
+        if self.releasing.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        // Detach the old end of the list under the lock, unmap outside it.
+        let mut chain = ptr::null_mut::<Zone>();
+        {
+            let _g = self.release_lock.guard();
+            loop {
+                let t = self.release_tail.load(Ordering::Relaxed);
+                // SAFETY: zones on the release list are live; we hold the lock.
+                if t.is_null() || (before != u32::MAX && unsafe { (*t).round() } >= before) {
+                    break;
+                }
+                // SAFETY: as above.
+                let prev = unsafe { (*t).prev.get() };
+                self.release_tail.store(prev, Ordering::Relaxed);
+                if prev.is_null() {
+                    self.release_head.store(ptr::null_mut(), Ordering::Relaxed);
+                } else {
+                    // SAFETY: as above.
+                    unsafe { (*prev).next.set(ptr::null_mut()) };
+                }
+                self.releasing.fetch_sub(1, Ordering::Relaxed);
+                // SAFETY: detached: ours alone now.
+                unsafe { (*t).next.set(chain) };
+                chain = t;
+            }
+        }
+        let mut n = 0;
+        while !chain.is_null() {
+            // SAFETY: a detached retired zone: no chunk in use, no pin, on no list.
+            let next = unsafe { (*chain).next.get() };
+            // SAFETY: as above.
+            unsafe { self.unmap_zone(chain.cast()) };
             n += 1;
-            z = next;
+            chain = next;
         }
         n
+    }
+
+    /// True while the reaper thread runs (it, not malloc, unmaps the release list).
+    #[doc(hidden)]
+    pub fn reaper_running(&self) -> bool {
+        self.reaper.load(Ordering::Relaxed) == 1
     }
 
     /// Starts the reaper thread once the instance is big enough (see
@@ -631,18 +727,23 @@ impl Slab {
                 return;
             }
             let did = self.reap();
-            period = if did { base } else { (period * 2).min(base * 4) };
+            period = if did { base } else { (period * 2).min(base * 2) };
         }
     }
 
-    /// One reaper round: unmap the release stack and clean every slot nobody holds.
-    /// Returns true if it returned memory to the OS.
+    /// One reaper round: clean every slot nobody holds and unmap the zones that have
+    /// sat on the release list since before the previous round (so a program that
+    /// frees and reallocates within a period reuses its zones). Returns true if it
+    /// returned memory to the OS or left some to return next round.
     fn reap(&'static self) -> bool {
         let before = self.zone_os_calls.load(Ordering::Relaxed);
         self.reap_lock.lock();
-        self.clean(self.config.zone_rels_thresh, false);
+        let round = self.reap_round.fetch_add(1, Ordering::Relaxed);
+        self.clean_slots(self.config.zone_rels_thresh, false);
+        self.unmap_released(round);
         self.reap_lock.unlock();
         self.zone_os_calls.load(Ordering::Relaxed) != before
+            || self.releasing.load(Ordering::Relaxed) != 0
     }
 
     /// A snapshot of the counters.

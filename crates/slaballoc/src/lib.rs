@@ -20,10 +20,10 @@
 //!   owner services it at its next poll (module `notify`).
 //! - **Hysteresis**: free never calls the OS for zone memory. A slot caches at most
 //!   [`Config::zone_rels_thresh`] (default 4) fully free zones; free hands the excess
-//!   to the instance's release stack (one CAS), where a malloc slow path reuses or
-//!   unmaps it, and so does the **reaper**, a background thread every
-//!   [`Config::reap_ms`] that also cleans slots no thread holds, so memory comes back
-//!   after a bulk free even if the program never allocates again. [`Slab::cleanup`]
+//!   to the instance's release list, where a malloc slow path reuses it and the
+//!   **reaper**, a background thread every [`Config::reap_ms`] that also cleans slots
+//!   no thread holds, unmaps what sat there a whole round, so memory comes back after
+//!   a bulk free even if the program never allocates again. [`Slab::cleanup`]
 //!   and [`Slab::trim`] do the same on demand.
 //! - **Fork**: `pthread_atfork` handlers keep the allocator's locks consistent in the
 //!   child (module `fork`).
@@ -81,9 +81,9 @@ mod large;
 #[cfg(not(loom))]
 mod lock;
 #[cfg(not(loom))]
-pub mod objcache;
-#[cfg(not(loom))]
 mod notify;
+#[cfg(not(loom))]
+pub mod objcache;
 #[cfg(not(loom))]
 mod os;
 #[cfg(not(loom))]

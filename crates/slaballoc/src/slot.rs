@@ -167,44 +167,61 @@ impl Slot {
     ///
     /// # Safety
     /// `z` is a live zone owned by this slot and `p` one of its chunks in use.
-    #[inline]
+    #[inline(always)]
     pub(crate) unsafe fn free_local(&self, z: *mut Zone, p: *mut u8) {
         // SAFETY: contract.
         let zone = unsafe { &*z };
         // SAFETY: contract.
         match unsafe { zone.free_local(p) } {
             Freed::Plain => {}
-            Freed::Relink => {
-                self.insert_head(zone.class(), z);
-                if zone.nfree() == zone.nmax() {
-                    self.maybe_retire(z, false);
-                }
-            }
             Freed::Empty => self.maybe_retire(z, false),
+            Freed::Relink => self.relink_freed(z),
+        }
+    }
+
+    #[inline(never)]
+    fn relink_freed(&self, z: *mut Zone) {
+        // SAFETY: a live zone of ours (the caller freed one of its chunks).
+        let zone = unsafe { &*z };
+        self.insert_head(zone.class(), z);
+        if zone.nfree() == zone.nmax() {
+            self.maybe_retire(z, false);
         }
     }
 
     /// Moves a fully free zone to the free-zone cache if the protocol allows and it is
     /// not the last zone of its class (unless `force`). Never calls the OS.
+    #[inline]
     fn maybe_retire(&self, z: *mut Zone, force: bool) {
+        // SAFETY: `z` is a live zone of ours.
+        let zone = unsafe { &*z };
+        let c = zone.class();
+        let on_list = zone.state() == ZoneState::OnList;
+        // Keep one zone per active class (checked first: it is the common case of an
+        // alloc/free pair, and needs no atomic load).
+        if on_list && !force && self.heads[c].get() == z && self.tails[c].get() == z {
+            return;
+        }
+        self.retire_slow(z, on_list);
+    }
+
+    #[inline(never)]
+    fn retire_slow(&self, z: *mut Zone, on_list: bool) {
         // SAFETY: `z` is a live zone of ours.
         let zone = unsafe { &*z };
         if !zone.releasable() {
             return;
         }
         let c = zone.class();
-        if zone.state() == ZoneState::OnList {
-            if !force && self.heads[c].get() == z && self.tails[c].get() == z {
-                return; // keep one zone per active class
-            }
+        if on_list {
             self.unlink(c, z);
         }
         zone.retire();
         // SAFETY: the heap outlives its slots.
         let heap = unsafe { &*self.heap };
         if self.nfree_zones.get() >= heap.config().zone_rels_thresh {
-            // Beyond the threshold: to the heap's release stack, for the reaper or a
-            // malloc slow path to unmap. No system call here.
+            // Beyond the threshold: to the heap's release list, for a malloc to reuse
+            // or the reaper to unmap. No system call here.
             self.zones.fetch_sub(1, Ordering::Relaxed);
             // SAFETY: retired just now and unlinked from every list.
             unsafe { heap.push_release(z) };
@@ -300,7 +317,10 @@ impl Slot {
             None => self.new_zone(heap, c).and_then(|()| self.alloc_fast(c)),
         };
         self.release_excess(heap, heap.config().zone_rels_thresh);
-        heap.unmap_released();
+        if !heap.reaper_running() {
+            // No reaper (yet, or by configuration): malloc returns the excess itself.
+            heap.unmap_released(u32::MAX);
+        }
         let cached = self.nfree_zones.get();
         if cached > self.worst_cached.load(Ordering::Relaxed) {
             self.worst_cached.store(cached, Ordering::Relaxed);
@@ -314,7 +334,7 @@ impl Slot {
         // Our cache first (newest first), then zones other slots retired beyond their
         // thresholds, then the OS.
         let cached = self.free_head.get();
-        let adopted = if cached.is_null() { self.adopt_released(heap) } else { ptr::null_mut() };
+        let adopted = if cached.is_null() { heap.pop_release() } else { ptr::null_mut() };
         let mem = if !adopted.is_null() {
             adopted.cast()
         } else if cached.is_null() {
@@ -342,34 +362,6 @@ impl Slot {
         let z = unsafe { Zone::init(mem, ZONE_SIZE, c, &self.mailbox, j) };
         self.insert_head(c, z);
         Some(())
-    }
-
-    /// Takes the heap's release stack: the first zone is returned for reuse, up to the
-    /// threshold go to this slot's cache, the rest are unmapped. Null if it was empty.
-    fn adopt_released(&self, heap: &Slab) -> *mut Zone {
-        let first = heap.take_released();
-        if first.is_null() {
-            return first;
-        }
-        // SAFETY: zones on the release stack are retired and ours after the take.
-        let mut z = unsafe { (*first).next.get() };
-        heap.released_taken(1);
-        self.zones.fetch_add(1, Ordering::Relaxed);
-        while !z.is_null() {
-            // SAFETY: as above.
-            let zone = unsafe { &*z };
-            let next = zone.next.get();
-            heap.released_taken(1);
-            if self.nfree_zones.get() < heap.config().zone_rels_thresh {
-                self.zones.fetch_add(1, Ordering::Relaxed);
-                self.cache_retired(z);
-            } else {
-                // SAFETY: a retired zone on no list.
-                unsafe { heap.unmap_zone(z.cast()) };
-            }
-            z = next;
-        }
-        first
     }
 
     /// Puts a retired zone at the head of the free-zone cache.

@@ -211,14 +211,18 @@ pub(crate) struct Zone {
     pub(crate) prev: Cell<*mut Zone>,
     pub(crate) next: Cell<*mut Zone>,
     pending_next: AtomicPtr<Zone>,
+    /// For a retired zone on the heap's release list: the reaper round it went there.
+    round: Cell<u32>,
     // The words remote freers write, on their own cache line.
-    _pad: [u8; 48],
+    _pad: [u8; 28],
     rhead: AtomicUsize,
     rcount: AtomicU32,
 }
 
 // The header must fit in the space reserved for it.
 const _: () = assert!(core::mem::size_of::<Zone>() <= crate::class::ZONE_HEADER);
+// The words remote freers write start a cache line of their own.
+const _: () = assert!(core::mem::offset_of!(Zone, rhead) % 64 == 0);
 
 impl Zone {
     /// Initialises a zone header at `mem` for class `class`, owned by `owner`, with its
@@ -254,7 +258,8 @@ impl Zone {
             prev: Cell::new(ptr::null_mut()),
             next: Cell::new(ptr::null_mut()),
             pending_next: AtomicPtr::new(ptr::null_mut()),
-            _pad: [0; 48],
+            round: Cell::new(0),
+            _pad: [0; 28],
             rhead: AtomicUsize::new(0),
             rcount: AtomicU32::new(0),
         };
@@ -325,6 +330,16 @@ impl Zone {
     #[inline]
     pub(crate) fn set_state(&self, s: ZoneState) {
         self.state.set(s);
+    }
+
+    /// The reaper round a retired zone was released in.
+    pub(crate) fn round(&self) -> u32 {
+        self.round.get()
+    }
+
+    /// Records the reaper round a retired zone is released in.
+    pub(crate) fn set_round(&self, r: u32) {
+        self.round.set(r);
     }
 
     /// The next zone on a pending chain taken with [`Mailbox::take_pending`].

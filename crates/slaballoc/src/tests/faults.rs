@@ -63,7 +63,10 @@ fn assert_aborts_with(status: i32, err: &str, what: &str) {
         libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGABRT,
         "expected an abort for {what}, status {status:#x}, stderr {err:?}"
     );
-    assert!(err.starts_with(&format!("dfly-slaballoc: {what}")) && err.contains(" at 0x"), "stderr {err:?}");
+    assert!(
+        err.starts_with(&format!("dfly-slaballoc: {what}")) && err.contains(" at 0x"),
+        "stderr {err:?}"
+    );
 }
 
 #[test]

@@ -128,3 +128,38 @@ fn fork_while_other_threads_allocate_leaves_a_usable_allocator() {
         unsafe { HEAP.dealloc(p) };
     }
 }
+
+#[test]
+fn released_zones_are_reused_before_the_reaper_unmaps_them() {
+    // A reaper that runs, but not within this test: released zones wait for it.
+    static HEAP: Slab = Slab::with_config(Config { reap_ms: 60_000, ..Config::DEFAULT });
+    let n = 2 * REAPER_AFTER_BYTES / 256;
+    let mut ps: Vec<_> = (0..n).map(|_| HEAP.alloc(layout(256, 8))).collect();
+    // One more slow path, now that the instance is big enough to start its reaper.
+    let q = HEAP.alloc(layout(5000, 8));
+    assert!(HEAP.reaper_running());
+    for round in 0..5 {
+        for p in ps.drain(..) {
+            // SAFETY: live blocks of HEAP.
+            unsafe { HEAP.dealloc(p) };
+        }
+        let st = HEAP.stats();
+        assert!(st.releasing_zones > 32, "round {round}: {st:?}");
+        let calls = st.zone_os_calls;
+        ps = (0..n).map(|_| HEAP.alloc(layout(256, 8))).collect();
+        let st = HEAP.stats();
+        assert_eq!(
+            st.zone_os_calls, calls,
+            "round {round}: zones were unmapped and mapped again: {st:?}"
+        );
+        assert_eq!(st.releasing_zones, 0, "round {round}: {st:?}");
+    }
+    for p in ps {
+        // SAFETY: live.
+        unsafe { HEAP.dealloc(p) };
+    }
+    // SAFETY: live.
+    unsafe { HEAP.dealloc(q) };
+    HEAP.trim();
+    assert_eq!(HEAP.stats().zone_bytes, 0);
+}
