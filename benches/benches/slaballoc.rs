@@ -208,13 +208,23 @@ impl Rng {
     }
 }
 
-/// The median of `reps` runs of `f` (with one unmeasured warm-up run unless testing).
-fn measure(mode: Mode, mut f: impl FnMut() -> f64) -> f64 {
+/// Medians of `reps` runs of `f(i)` for each implementation `i < k`, after one
+/// unmeasured warm-up run of each (unless testing). The repetitions are interleaved
+/// (every implementation once, then again), so a burst of other load on the machine
+/// falls on all of them alike rather than on one.
+fn measure_each(mode: Mode, k: usize, mut f: impl FnMut(usize) -> f64) -> Vec<f64> {
     if mode != Mode::Test {
-        black_box(f());
+        for i in 0..k {
+            black_box(f(i));
+        }
     }
-    let mut v: Vec<f64> = (0..mode.reps()).map(|_| f()).collect();
-    median(&mut v)
+    let mut runs = vec![Vec::with_capacity(mode.reps()); k];
+    for _ in 0..mode.reps() {
+        for (i, v) in runs.iter_mut().enumerate() {
+            v.push(f(i));
+        }
+    }
+    runs.iter_mut().map(|v| median(v)).collect()
 }
 
 // ---- single-thread speed ------------------------------------------------------------
@@ -491,7 +501,7 @@ fn typed(mode: Mode, n: u64, batch: usize) -> [(&'static str, f64); 4] {
     let rounds = (n / batch as u64).max(1);
     let per = |t: Instant| t.elapsed().as_nanos() as f64 / (rounds * batch as u64) as f64;
     let cache = ObjCache::new(|| OBJ64);
-    let dfly = measure(mode, || {
+    let dfly = || {
         let mut held = Vec::with_capacity(batch);
         let t = Instant::now();
         for r in 0..rounds {
@@ -503,9 +513,9 @@ fn typed(mode: Mode, n: u64, batch: usize) -> [(&'static str, f64); 4] {
             held.clear();
         }
         per(t)
-    });
+    };
     let mut pool: slab::Slab<Obj64> = slab::Slab::with_capacity(batch);
-    let slab = measure(mode, || {
+    let mut slab = || {
         let mut keys = Vec::with_capacity(batch);
         let t = Instant::now();
         for r in 0..rounds {
@@ -519,9 +529,9 @@ fn typed(mode: Mode, n: u64, batch: usize) -> [(&'static str, f64); 4] {
             }
         }
         per(t)
-    });
+    };
     let mut arena = bumpalo::Bump::new();
-    let bump = measure(mode, || {
+    let mut bump = || {
         let t = Instant::now();
         let mut since_reset = 0;
         for r in 0..rounds {
@@ -537,8 +547,8 @@ fn typed(mode: Mode, n: u64, batch: usize) -> [(&'static str, f64); 4] {
             }
         }
         per(t)
-    });
-    let boxed = measure(mode, || {
+    };
+    let boxed = || {
         let mut held = Vec::with_capacity(batch);
         let t = Instant::now();
         for r in 0..rounds {
@@ -550,8 +560,14 @@ fn typed(mode: Mode, n: u64, batch: usize) -> [(&'static str, f64); 4] {
             held.clear();
         }
         per(t)
+    };
+    let v = measure_each(mode, 4, |i| match i {
+        0 => dfly(),
+        1 => slab(),
+        2 => bump(),
+        _ => boxed(),
     });
-    [("dfly", dfly), (SLAB, slab), (BUMPALO, bump), (BOX, boxed)]
+    [("dfly", v[0]), (SLAB, v[1]), (BUMPALO, v[2]), (BOX, v[3])]
 }
 
 fn typed_suite(rec: &mut Recorder, mode: Mode) {
@@ -857,8 +873,8 @@ fn hot_suite(rec: &mut Recorder, mode: Mode) {
     for size in [16usize, 64, 256, 1024, 4096] {
         progress(&format!("slaballoc: hot_pair/{size} ({n} pairs x {} reps)", mode.reps()));
         let case = format!("hot_pair/{size}");
-        for &w in MAIN {
-            let v = measure(mode, || w.run(HotPair { size, n }));
+        let v = measure_each(mode, MAIN.len(), |i| MAIN[i].run(HotPair { size, n }));
+        for (w, v) in MAIN.iter().zip(v) {
             rec.record(&case, w.name(), "ns_per_pair", v, "ns", true);
         }
     }
@@ -871,21 +887,23 @@ fn batch_suite(rec: &mut Recorder, mode: Mode) {
         for size in [64usize, 256] {
             progress(&format!("slaballoc: batch_{order}/{size} ({rounds} rounds of {count})"));
             let case = format!("batch_{order}/{size}");
-            for &w in MAIN {
-                let calls = SlabAlloc.heap().stats().zone_os_calls;
-                let mut runs = 0u64;
-                let v = measure(mode, || {
-                    runs += 1;
-                    w.run(Batch { size, count, rounds, fifo })
-                });
-                rec.record(&case, w.name(), "ns_per_object", v, "ns", true);
+            let (mut calls, mut runs) = (0u64, 0u64);
+            let v = measure_each(mode, MAIN.len(), |i| {
+                let w = MAIN[i];
+                let before = SlabAlloc.heap().stats().zone_os_calls;
+                let v = w.run(Batch { size, count, rounds, fifo });
                 if w == Which::Dfly {
-                    // Zone mmap/munmap calls per round: hysteresis at work (or not).
-                    let calls = SlabAlloc.heap().stats().zone_os_calls - calls;
-                    let per_round = calls as f64 / (runs * rounds) as f64;
-                    rec.record(&case, "dfly", "zone_os_calls_per_round", per_round, "calls", true);
+                    calls += SlabAlloc.heap().stats().zone_os_calls - before;
+                    runs += 1;
                 }
+                v
+            });
+            for (w, v) in MAIN.iter().zip(v) {
+                rec.record(&case, w.name(), "ns_per_object", v, "ns", true);
             }
+            // dfly's zone mmap/munmap calls per round: hysteresis at work (or not).
+            let per_round = calls as f64 / (runs.max(1) * rounds) as f64;
+            rec.record(&case, "dfly", "zone_os_calls_per_round", per_round, "calls", true);
         }
     }
 }
@@ -893,8 +911,8 @@ fn batch_suite(rec: &mut Recorder, mode: Mode) {
 fn prodcons_suite(rec: &mut Recorder, mode: Mode) {
     let total = mode.scale(4_000_000);
     progress(&format!("slaballoc: prodcons/64 ({total} objects, batches of 4096, cores 0 -> 1)"));
-    for &w in REMOTE {
-        let v = measure(mode, || w.run(ProdCons { total, batch: 4096 }));
+    let v = measure_each(mode, REMOTE.len(), |i| REMOTE[i].run(ProdCons { total, batch: 4096 }));
+    for (w, v) in REMOTE.iter().zip(v) {
         rec.record("prodcons/64", w.name(), "ns_per_object", v, "ns", true);
     }
 }
@@ -903,8 +921,8 @@ fn larson_suite(rec: &mut Recorder, mode: Mode) {
     let ops = mode.scale(2_000_000);
     let slots = if mode == Mode::Test { 500 } else { 5000 };
     progress(&format!("slaballoc: larson ({slots} slots, {ops} ops per thread, 2 threads)"));
-    for &w in REMOTE {
-        let v = measure(mode, || w.run(Larson { slots, ops }));
+    let v = measure_each(mode, REMOTE.len(), |i| REMOTE[i].run(Larson { slots, ops }));
+    for (w, v) in REMOTE.iter().zip(v) {
         rec.record("larson", w.name(), "ns_per_op", v, "ns", true);
     }
 }
@@ -919,8 +937,8 @@ fn large_suite(rec: &mut Recorder, mode: Mode) {
         };
         progress(&format!("slaballoc: large/{label} ({n} pairs, every page touched)"));
         let case = format!("large/{label}");
-        for &w in MAIN {
-            let v = measure(mode, || w.run(Large { size, n }));
+        let v = measure_each(mode, MAIN.len(), |i| MAIN[i].run(Large { size, n }));
+        for (w, v) in MAIN.iter().zip(v) {
             rec.record(&case, w.name(), "ns_per_pair", v, "ns", true);
         }
     }
