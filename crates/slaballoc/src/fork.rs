@@ -2,7 +2,7 @@
 //! slot.
 //!
 //! - *prepare* (in the forking thread, before `fork`): take each instance's reap,
-//!   shared-slot, slot-creation and release-list locks, in that order (the order every other path
+//!   shared-slot, slot-creation, release-list and large-cache locks, in that order (the order every other path
 //!   takes them in), so the child never inherits one held by a thread it does not
 //!   have.
 //! - *parent*: release them.
@@ -54,11 +54,13 @@ extern "C" fn prepare() {
         h.shared_lock.lock();
         h.create_lock.lock();
         h.release_lock.lock();
+        h.large_cache.lock.lock();
     });
 }
 
 extern "C" fn parent() {
     each(|h| {
+        h.large_cache.lock.unlock();
         h.release_lock.unlock();
         h.create_lock.unlock();
         h.shared_lock.unlock();
@@ -68,6 +70,7 @@ extern "C" fn parent() {
 
 extern "C" fn child() {
     each(|h| {
+        h.large_cache.lock.reset_in_child();
         h.release_lock.reset_in_child();
         h.create_lock.reset_in_child();
         h.shared_lock.reset_in_child();

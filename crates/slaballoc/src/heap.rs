@@ -103,8 +103,10 @@ pub struct Stats {
     pub in_use: i64,
     /// Bytes of zones currently mapped.
     pub zone_bytes: usize,
-    /// Bytes of large mappings currently mapped.
+    /// Bytes of large mappings currently mapped (in use or cached).
     pub large_bytes: usize,
+    /// Bytes of freed large mappings kept for reuse.
+    pub large_cached_bytes: usize,
     /// Bytes of slot metadata mapped.
     pub meta_bytes: usize,
     /// `mmap`/`munmap` calls made for zones so far.
@@ -165,6 +167,8 @@ pub struct Slab {
     releasing: AtomicUsize,
     /// Reaper rounds so far; a zone remembers the round it was released in.
     reap_round: AtomicU32,
+    /// Freed large mappings kept for reuse.
+    pub(crate) large_cache: large::Cache,
     /// The reaper thread: 0 not started, 1 running, 2 could not start.
     pub(crate) reaper: AtomicU32,
     shared_in_use: AtomicI64,
@@ -214,6 +218,7 @@ impl Slab {
             release_tail: AtomicPtr::new(ptr::null_mut()),
             releasing: AtomicUsize::new(0),
             reap_round: AtomicU32::new(0),
+            large_cache: large::Cache::new(),
             reaper: AtomicU32::new(0),
             shared_in_use: AtomicI64::new(0),
             zone_bytes: AtomicUsize::new(0),
@@ -429,6 +434,8 @@ impl Slab {
                 // SAFETY: a large block of ours (contract).
                 let n = unsafe { large::free(self, p) };
                 self.charge(self.tls_slot(), -(n as i64));
+            } else if magic == large::CACHED_MAGIC {
+                crate::debug::fault("double free of a large block", a);
             } else if cfg!(feature = "debug") {
                 crate::debug::fault("free of a pointer this allocator does not own", a);
             }
@@ -569,6 +576,7 @@ impl Slab {
     fn clean(&'static self, keep: usize, force: bool) {
         self.clean_slots(keep, force);
         self.unmap_released(u32::MAX);
+        self.large_cache.release(self, u32::MAX);
     }
 
     fn clean_slots(&'static self, keep: usize, force: bool) {
@@ -688,6 +696,11 @@ impl Slab {
         n
     }
 
+    /// The current reaper round.
+    pub(crate) fn reap_round(&self) -> u32 {
+        self.reap_round.load(Ordering::Relaxed)
+    }
+
     /// True while the reaper thread runs (it, not malloc, unmaps the release list).
     #[doc(hidden)]
     pub fn reaper_running(&self) -> bool {
@@ -741,9 +754,11 @@ impl Slab {
         let round = self.reap_round.fetch_add(1, Ordering::Relaxed);
         self.clean_slots(self.config.zone_rels_thresh, false);
         self.unmap_released(round);
+        self.large_cache.release(self, round);
         self.reap_lock.unlock();
         self.zone_os_calls.load(Ordering::Relaxed) != before
             || self.releasing.load(Ordering::Relaxed) != 0
+            || self.large_cache.bytes() != 0
     }
 
     /// A snapshot of the counters.
@@ -752,6 +767,7 @@ impl Slab {
             in_use: self.shared_in_use.load(Ordering::Relaxed),
             zone_bytes: self.zone_bytes.load(Ordering::Relaxed),
             large_bytes: self.large_bytes.load(Ordering::Relaxed),
+            large_cached_bytes: self.large_cache.bytes(),
             meta_bytes: self.meta_bytes.load(Ordering::Relaxed),
             zone_os_calls: self.zone_os_calls.load(Ordering::Relaxed),
             large_os_calls: self.large_os_calls.load(Ordering::Relaxed),

@@ -88,7 +88,10 @@ fn alignments_up_to_2_mib_and_large_blocks() {
     }
     let st = HEAP.stats();
     assert_eq!(st.in_use, 0);
-    assert_eq!(st.large_bytes, 0);
+    // Only freed mappings kept for reuse remain, and trim returns them.
+    assert_eq!(st.large_bytes, st.large_cached_bytes, "{st:?}");
+    HEAP.trim();
+    assert_eq!(HEAP.stats().large_bytes, 0);
 }
 
 #[test]
@@ -130,7 +133,10 @@ fn realloc_is_in_place_within_a_class_and_preserves_contents() {
     }
     let st = HEAP.stats();
     assert_eq!(st.in_use, 0);
-    assert_eq!(st.large_bytes, 0);
+    // Only freed mappings kept for reuse remain, and trim returns them.
+    assert_eq!(st.large_bytes, st.large_cached_bytes, "{st:?}");
+    HEAP.trim();
+    assert_eq!(HEAP.stats().large_bytes, 0);
 }
 
 fn remote_round_trip(heap: &'static Slab) {
@@ -354,4 +360,34 @@ fn allocation_during_thread_teardown_works() {
     let st = TEARDOWN_HEAP.stats();
     assert_eq!(st.in_use, 0, "{st:?}");
     assert_eq!(st.zone_bytes, 0, "{st:?}");
+}
+
+#[test]
+fn freed_large_blocks_are_reused_and_double_frees_of_them_caught_later() {
+    static HEAP: Slab = Slab::with_config(Config { reap_ms: 0, ..Config::DEFAULT });
+    let p = HEAP.alloc(layout(1 << 20, 8));
+    let calls = HEAP.stats().large_os_calls;
+    // SAFETY: live.
+    unsafe { HEAP.dealloc(p) };
+    let st = HEAP.stats();
+    assert_eq!(st.large_os_calls, calls, "freed into the cache, not unmapped: {st:?}");
+    assert!(st.large_cached_bytes >= 1 << 20);
+    // A similar size (within 2x) reuses the mapping: no system call.
+    let q = HEAP.alloc(layout(700 * 1024, 64));
+    assert_eq!(HEAP.stats().large_os_calls, calls);
+    assert_eq!(q as usize % 64, 0);
+    // SAFETY: a fresh block of 700 KiB.
+    unsafe {
+        q.write_bytes(7, 700 * 1024);
+        assert!(HEAP.usable_size(q) >= 700 * 1024);
+        HEAP.dealloc(q);
+    }
+    // Much smaller does not take a mapping twice its size.
+    let r = HEAP.alloc(layout(200 * 1024, 8));
+    assert!(HEAP.stats().large_os_calls > calls);
+    // SAFETY: live.
+    unsafe { HEAP.dealloc(r) };
+    HEAP.trim();
+    let st = HEAP.stats();
+    assert_eq!((st.large_bytes, st.large_cached_bytes, st.in_use), (0, 0, 0), "{st:?}");
 }

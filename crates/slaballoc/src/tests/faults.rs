@@ -108,6 +108,20 @@ fn double_free_on_another_thread_aborts() {
 }
 
 #[test]
+fn double_free_of_a_cached_large_block_aborts() {
+    static HEAP: Slab = Slab::new();
+    let (status, err) = in_child(|| {
+        let p = HEAP.alloc(layout(300_000, 8));
+        // SAFETY: a valid free (the mapping goes to the cache), then the fault.
+        unsafe {
+            HEAP.dealloc(p);
+            HEAP.dealloc(p);
+        }
+    });
+    assert_aborts_with(status, &err, "double free of a large block");
+}
+
+#[test]
 fn interior_pointer_into_a_large_block_aborts() {
     static HEAP: Slab = Slab::new();
     let (status, err) = in_child(|| {
