@@ -11,12 +11,13 @@
 //!   lines. An LWKT/ipi CPU (`dfly_core::current_cpu()` is `Some`) uses its own CPU's
 //!   slot; any other thread leases a slot on first use and gives it back, drained, when
 //!   it exits; the next thread adopts it (module `thread`).
-//! - A free on a thread that does not hold the zone's slot is a **remote free** (module `zone`):
-//!   a lock-free push on the zone's remote list, with a notification to the owner only
-//!   when the zone had dropped off its owner's list, and a pin while the freer still
-//!   touches the zone; or, with [`RemoteMode::Batched`], snmalloc-style batches per
-//!   destination slot, one CAS per batch. When the owner is a CPU slot and the
-//!   freer runs as a dfly-ipi CPU, the notification is also a passive IPI, so the
+//! - A free on a thread that does not hold the zone's slot is a **remote free** (module
+//!   `zone`): a lock-free push on the zone's remote list, with a notification to the
+//!   owner only when the zone had dropped off its owner's list, and a pin while the
+//!   freer still touches the zone (DragonFly's design, [`RemoteMode::PerZone`]); or, by
+//!   default, snmalloc-style batches per destination slot, one CAS per batch
+//!   ([`RemoteMode::Batched`], which measured faster). When the owner is a CPU slot and
+//!   the freer runs as a dfly-ipi CPU, the notification is also a passive IPI, so the
 //!   owner services it at its next poll (module `notify`).
 //! - **Hysteresis**: free never calls the OS for zone memory. A slot caches at most
 //!   [`Config::zone_rels_thresh`] (default 4) fully free zones; free hands the excess
@@ -36,11 +37,11 @@
 //! use dfly_slaballoc::{Config, RemoteMode, Slab};
 //! use std::alloc::Layout;
 //!
-//! static HEAP: Slab = Slab::with_config(Config { remote: RemoteMode::Batched, ..Config::DEFAULT });
+//! static HEAP: Slab = Slab::with_config(Config { remote: RemoteMode::PerZone, ..Config::DEFAULT });
 //! let l = Layout::from_size_align(64, 64).unwrap();
 //! let p = HEAP.alloc(l) as usize;
 //! assert_eq!(p % 64, 0);
-//! // Freed on another thread: a remote free, delivered in a batch.
+//! // Freed on another thread: a remote free onto the zone's own list.
 //! std::thread::spawn(move || unsafe { HEAP.dealloc(p as *mut u8) }).join().unwrap();
 //! HEAP.trim();
 //! assert_eq!(HEAP.stats().in_use, 0);

@@ -177,7 +177,7 @@ proptest! {
 
     #[test]
     fn model_per_zone(ops in proptest::collection::vec(op(), 1..400)) {
-        static HEAP: Slab = Slab::new();
+        static HEAP: Slab = Slab::with_config(Config { remote: RemoteMode::PerZone, ..Config::DEFAULT });
         run(&HEAP, ops);
     }
 
