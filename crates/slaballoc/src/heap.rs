@@ -305,7 +305,7 @@ impl Slab {
     }
 
     /// Allocates a block for `layout`; null if out of memory. Size 0 is served as 1.
-    #[inline]
+    #[inline(always)]
     pub fn alloc(&'static self, layout: Layout) -> *mut u8 {
         match class_for(layout.size(), layout.align()) {
             Some(c) => {
@@ -346,6 +346,8 @@ impl Slab {
         p.unwrap_or(ptr::null_mut())
     }
 
+    #[cold]
+    #[inline(never)]
     fn alloc_large(&'static self, size: usize, align: usize) -> *mut u8 {
         match large::alloc(self, size, align) {
             Some((p, usable)) => {
@@ -371,7 +373,7 @@ impl Slab {
     /// # Safety
     /// `p` was returned by this instance's `alloc`/`alloc_zeroed`/`realloc` and is not
     /// freed yet.
-    #[inline]
+    #[inline(always)]
     pub unsafe fn dealloc(&'static self, p: *mut u8) {
         let a = p as usize;
         // Fast path: a chunk of a zone the calling thread's slot owns.

@@ -101,7 +101,7 @@ impl Slot {
     }
 
     /// Adds to this slot's in-use bytes (holder only: a plain load and store).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn add_in_use(&self, n: i64) {
         self.in_use.store(self.in_use.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
     }
@@ -112,7 +112,7 @@ impl Slot {
     }
 
     /// Takes a chunk of class `c` from the tail zone, if the class has one (holder only).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn alloc_fast(&self, c: usize) -> Option<*mut u8> {
         let z = self.tails[c].get();
         if z.is_null() {

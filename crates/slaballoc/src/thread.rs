@@ -98,7 +98,7 @@ extern "C" fn on_thread_exit(_: *mut libc::c_void) {
 impl Slab {
     /// This instance's index in the thread-local array, assigning one on first use;
     /// `None` if there are more than [`MAX_INSTANCES`].
-    #[inline]
+    #[inline(always)]
     pub(crate) fn instance(&self) -> Option<usize> {
         match self.id.load(Ordering::Relaxed) {
             0 => self.assign_instance(),
@@ -118,7 +118,7 @@ impl Slab {
     }
 
     /// The calling thread's slot of this instance: null (none yet), [`DEAD`], or a slot.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn tls_slot(&self) -> *mut Slot {
         match self.instance() {
             Some(i) => SLOTS.with(|s| s[i].get()),

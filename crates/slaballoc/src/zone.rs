@@ -349,7 +349,7 @@ impl Zone {
     }
 
     /// Takes a free chunk (owner only). The zone must have one (`nfree > 0`).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn take(&self) -> *mut u8 {
         debug_assert!(self.nfree.get() > 0);
         let p = self.lfree.get();
