@@ -115,11 +115,15 @@ pub const fn chunks_per_zone(index: usize, zone_bytes: usize) -> usize {
 /// ```
 #[inline(always)]
 pub const fn class_for(size: usize, align: usize) -> Option<usize> {
-    let mut n = if size == 0 { 1 } else { size };
     if align <= 8 {
-        // Every class size is a multiple of 8, so every chunk is 8-aligned.
-        return class_index(n);
+        // Every class size is a multiple of 8, so every chunk is 8-aligned; sizes up to
+        // 128 map to classes by one shift (0 is served as 1).
+        if size <= 128 {
+            return Some(size.saturating_sub(1) >> 3);
+        }
+        return class_index(size);
     }
+    let mut n = if size == 0 { 1 } else { size };
     if align > ZONE_LIMIT {
         return None;
     }

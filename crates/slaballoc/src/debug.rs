@@ -3,10 +3,10 @@
 //! Every build:
 //! - a free whose zone header has neither the zone nor the large-block magic is
 //!   ignored (a foreign pointer is never linked into a free list);
-//! - the **free key**: freeing a chunk of 16 bytes or more stores a per-process key in
-//!   its second word, and handing a chunk out clears that word, so a chunk freed twice
-//!   (its key still there) aborts with "double free" instead of corrupting a list
-//!   (user data equal to the key is a 2^-64 event);
+//! - the **free key**: freeing a chunk of 16 bytes or more stores a per-process
+//!   random key in its second word, and handing a chunk out clears that word, so a
+//!   chunk freed twice (its key still there) aborts with "double free" instead of
+//!   corrupting a list (user data equal to the key is a 2^-64 event);
 //! - a large-block free of anything but the block's start aborts.
 //!
 //! With the `debug` feature, in addition:
@@ -38,13 +38,45 @@ pub(crate) const BITMAP_OFFSET: usize = 256;
 #[cfg(feature = "debug")]
 pub(crate) const BITMAP_BYTES: usize = crate::class::ZONE_SIZE / 64;
 
-static KEY_ANCHOR: u8 = 0;
+/// The per-process free key (0 until the first slot lease sets it). Not under loom,
+/// whose atomics cannot be statics; the models do not free through this path.
+#[cfg(not(loom))]
+static KEY: AtomicUsize = AtomicUsize::new(0);
 
-/// The per-process free key: a fixed odd constant mixed with a load address
-/// (randomised by ASLR), never 0.
+/// Sets the free key once, from the clock, the process id and load and stack addresses
+/// (ASLR), mixed; never 0. Called on the slow path that leases a slot, which comes
+/// before any chunk can be handed out or freed.
+#[cfg(not(loom))]
+#[cold]
+pub(crate) fn init_free_key() {
+    if KEY.load(Ordering::Relaxed) != 0 {
+        return;
+    }
+    let stack = 0u8;
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-pointer; getpid has no preconditions.
+    let (t, pid) = unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        (ts.tv_sec as u64 ^ (ts.tv_nsec as u64).rotate_left(32), libc::getpid() as u64)
+    };
+    let mut x = t
+        ^ pid.rotate_left(17)
+        ^ (core::ptr::addr_of!(KEY) as u64).rotate_left(29)
+        ^ (core::ptr::addr_of!(stack) as u64).rotate_left(43);
+    // splitmix64 finaliser
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    let _ = KEY.compare_exchange(0, (x | 1) as usize, Ordering::Relaxed, Ordering::Relaxed);
+}
+
+/// The free key (0 before [`init_free_key`]: then nothing is checked).
 #[inline(always)]
 pub(crate) fn free_key() -> usize {
-    (core::ptr::addr_of!(KEY_ANCHOR) as usize).rotate_left(29) ^ 0x9e37_79b9_7f4a_7c15
+    #[cfg(not(loom))]
+    return KEY.load(Ordering::Relaxed);
+    #[cfg(loom)]
+    0
 }
 
 /// Reports a fault naming `what` and the address, then aborts. Allocates nothing.
@@ -82,12 +114,13 @@ pub fn fault(what: &str, addr: usize) -> ! {
 pub(crate) unsafe fn on_free_key(chunk: usize, size: usize) {
     if size >= 16 {
         let w = (chunk + 8) as *mut usize;
+        let key = free_key();
         // SAFETY: the second word of the chunk (size >= 16), which the caller gives up.
         unsafe {
-            if w.read() == free_key() {
+            if w.read() == key && key != 0 {
                 fault("double free", chunk);
             }
-            w.write(free_key());
+            w.write(key);
         }
     }
 }
@@ -118,7 +151,9 @@ fn bit(zone: usize, base: usize, size: usize, chunk: usize) -> (&'static AtomicU
 }
 
 #[cfg(feature = "debug")]
-use dfly_core::sync::atomic::{AtomicU64, Ordering};
+use dfly_core::sync::atomic::AtomicU64;
+#[cfg(not(loom))]
+use dfly_core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Debug feature: checks a free (interior pointer, double free) and poisons the chunk.
 ///

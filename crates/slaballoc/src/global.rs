@@ -10,7 +10,7 @@ use core::alloc::{GlobalAlloc, Layout};
 use crate::heap::Slab;
 
 /// The instance behind [`SlabAlloc`].
-pub static DEFAULT: Slab = Slab::new();
+pub static DEFAULT: Slab = Slab::new_default();
 
 /// The slab allocator as a global allocator (the [`DEFAULT`] instance).
 ///

@@ -206,9 +206,18 @@ impl Slab {
 
     /// An instance with `config`.
     pub const fn with_config(config: Config) -> Self {
+        Self::with_id(config, 0)
+    }
+
+    /// The process-wide instance: instance number 0, reserved for it (`id` 1).
+    pub(crate) const fn new_default() -> Self {
+        Self::with_id(Config::DEFAULT, 1)
+    }
+
+    const fn with_id(config: Config, id: usize) -> Self {
         Self {
             config,
-            id: AtomicUsize::new(0),
+            id: AtomicUsize::new(id),
             table: [const { AtomicPtr::new(ptr::null_mut()) }; MAX_SLOTS],
             shared: AtomicPtr::new(ptr::null_mut()),
             shared_lock: RawLock::new(),

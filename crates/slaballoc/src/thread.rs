@@ -50,7 +50,8 @@ std::thread_local! {
     static HOOKED: Cell<bool> = const { Cell::new(false) };
 }
 
-static NEXT_INSTANCE: AtomicUsize = AtomicUsize::new(0);
+/// Instance numbers handed out so far; number 0 belongs to [`crate::global::DEFAULT`].
+static NEXT_INSTANCE: AtomicUsize = AtomicUsize::new(1);
 static KEY_ONCE: Once = Once::new();
 static KEY: AtomicUsize = AtomicUsize::new(usize::MAX);
 
@@ -100,6 +101,11 @@ impl Slab {
     /// `None` if there are more than [`MAX_INSTANCES`].
     #[inline(always)]
     pub(crate) fn instance(&self) -> Option<usize> {
+        // The global allocator's instance has number 0 from the start; when inlined
+        // through `SlabAlloc` this test is decided at compile time.
+        if core::ptr::eq(self, &crate::global::DEFAULT) {
+            return Some(0);
+        }
         match self.id.load(Ordering::Relaxed) {
             0 => self.assign_instance(),
             usize::MAX => None,
@@ -162,6 +168,7 @@ impl Slab {
         let s = want.and_then(|cpu| self.lease_at(cpu)).or_else(|| self.lease_thread_slot());
         match s {
             Some(s) => {
+                crate::debug::init_free_key();
                 hook_thread_exit();
                 crate::fork::register(i, self);
                 SLOTS.with(|a| a[i].set(s));

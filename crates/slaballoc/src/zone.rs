@@ -9,9 +9,10 @@
 //! "the owner" is always one thread at a time.
 //!
 //! - Owner only (`Cell`s): class, chunk size, `nfree`/`nmax`, the local LIFO free list
-//!   `lfree` (with its tail, so absorbed remote chunks are appended: their cache lines
-//!   are cold), the never-used cursor, list links, `state` (on its class list, off
-//!   every list, or cached free) and `awaiting`.
+//!   `lfree` (absorbed remote chunks go on its front: the walk that counts them finds
+//!   their tail, and keeping a tail pointer would cost every malloc and free), the
+//!   never-used cursor, list links, `state` (on its class list, off every list, or
+//!   cached free) and `awaiting`.
 //! - Written once per (re)initialisation, before any chunk is handed out, read by
 //!   remote freers: `owner`.
 //! - Shared atomics: `magic` (stored by the owner when the zone is initialised or
@@ -203,7 +204,6 @@ pub(crate) struct Zone {
     nfree: Cell<u32>,
     base: Cell<usize>,
     lfree: Cell<usize>,
-    lfree_tail: Cell<usize>,
     unext: Cell<u32>,
     uleft: Cell<u32>,
     state: Cell<ZoneState>,
@@ -214,7 +214,7 @@ pub(crate) struct Zone {
     /// For a retired zone on the heap's release list: the reaper round it went there.
     round: Cell<u32>,
     // The words remote freers write, on their own cache line.
-    _pad: [u8; 28],
+    _pad: [u8; 36],
     rhead: AtomicUsize,
     rcount: AtomicU32,
 }
@@ -250,7 +250,6 @@ impl Zone {
             nfree: Cell::new(nmax as u32),
             base: Cell::new(mem as usize + first_chunk_offset(class)),
             lfree: Cell::new(0),
-            lfree_tail: Cell::new(0),
             unext: Cell::new((slide % nmax) as u32),
             uleft: Cell::new(nmax as u32),
             state: Cell::new(ZoneState::OnList),
@@ -259,7 +258,7 @@ impl Zone {
             next: Cell::new(ptr::null_mut()),
             pending_next: AtomicPtr::new(ptr::null_mut()),
             round: Cell::new(0),
-            _pad: [0; 28],
+            _pad: [0; 36],
             rhead: AtomicUsize::new(0),
             rcount: AtomicU32::new(0),
         };
@@ -357,9 +356,6 @@ impl Zone {
             // SAFETY: `p` heads the local free list: a free chunk of this zone.
             let next = unsafe { link(p) };
             self.lfree.set(next);
-            if next == 0 {
-                self.lfree_tail.set(0);
-            }
             p
         } else {
             debug_assert!(self.uleft.get() > 0);
@@ -395,9 +391,6 @@ impl Zone {
         let c = chunk as usize;
         // SAFETY: the chunk is ours now (contract); push it on the LIFO head.
         unsafe { set_link(c, self.lfree.get()) };
-        if self.lfree.get() == 0 {
-            self.lfree_tail.set(c);
-        }
         self.lfree.set(c);
         let n = self.nfree.get() + 1;
         self.nfree.set(n);
@@ -428,8 +421,8 @@ impl Zone {
         }
     }
 
-    /// Moves the remote list onto the tail of the local list (owner only). Returns the
-    /// number of chunks absorbed.
+    /// Moves the remote list onto the front of the local list (owner only; the walk
+    /// that counts the chunks finds the remote tail). Returns the number absorbed.
     pub(crate) fn absorb(&self) -> usize {
         let h = self.rhead.load(Ordering::Relaxed);
         if h == 0 || h == SIGNAL {
@@ -448,13 +441,9 @@ impl Zone {
             }
             tail = next;
         }
-        if self.lfree_tail.get() != 0 {
-            // SAFETY: the local tail is a free chunk of this zone.
-            unsafe { set_link(self.lfree_tail.get(), h) };
-        } else {
-            self.lfree.set(h);
-        }
-        self.lfree_tail.set(tail);
+        // SAFETY: `tail` is the last chunk of the remote list, ours after the swap.
+        unsafe { set_link(tail, self.lfree.get()) };
+        self.lfree.set(h);
         self.nfree.set(self.nfree.get() + n);
         debug_assert!(self.nfree.get() <= self.nmax.get(), "remote list over-full: double free?");
         n as usize
