@@ -30,7 +30,8 @@
 //! ```
 //!
 //! # Layers (Bonwick's magazines, as in DragonFly's `kern_objcache.c`)
-//! - A **magazine** is a stack of at most `capacity` boxed objects (`Vec<Box<T>>`).
+//! - A **magazine** is a stack of at most `capacity` boxed objects in a fixed array,
+//!   allocated with exactly `capacity` entries on its first push and never resized.
 //! - Each **slot** ("CPU") has a *loaded* and a *previous* magazine. `get` pops from
 //!   loaded; if it is empty and previous is not, the two swap. `put` pushes on loaded;
 //!   if it is full and previous is empty, they swap. Invariant: previous is always
@@ -56,6 +57,12 @@
 //!   either the slot lock or the depot mutex.
 //! - Lock order: a slot lock, then the depot mutex. Code holding the depot mutex only
 //!   ever *try*-locks slots (the steal scan), so there is no cycle.
+//! - The hot path is, for `get`: read the caller's index (two thread-local loads; a
+//!   division only when the index is not below the slot count), take the slot's lock
+//!   (one CAS), pop from loaded, update the slot's `cached` and `hits` (plain load and
+//!   store, under the lock), release the lock (one store); `put` is the reverse after
+//!   one load of `waiters`. Anything else (swapping magazines, the depot, a busy slot,
+//!   a limit check, a construction) is out of line.
 //! - Constructors, the reset hook and `T`'s destructor run with no lock held.
 //! - `outstanding` (objects in existence that belong to the cache: handed out or
 //!   cached) changes only on construction, destruction and take, never on the hot
@@ -76,7 +83,7 @@
 //! cache, so none outlives it); a constructor run on a reused object.
 
 use core::fmt;
-use core::mem::{self, ManuallyDrop};
+use core::mem::{self, ManuallyDrop, MaybeUninit};
 use core::ops::{Deref, DerefMut};
 use core::time::Duration;
 use std::cell::Cell;
@@ -95,18 +102,88 @@ const DEFAULT_DEPOT_OBJECTS: usize = 128;
 /// How long a waiting `get` sleeps before it rescans the slots.
 const WAIT_RESCAN: Duration = Duration::from_millis(5);
 
-/// A magazine: a stack of at most `capacity` cached objects.
-type Magazine<T> = Vec<Box<T>>;
+/// A magazine: a stack of at most `capacity` cached objects in a fixed array that is
+/// allocated (with exactly `capacity` entries) on the first push and never resized.
+///
+/// Entries `..len` are initialised; `len <= objs.len()`, and `objs` is either empty
+/// (never used) or `capacity` long. So `len == objs.len()` means "full, or never
+/// used": the one test on the push fast path.
+struct Magazine<T> {
+    len: usize,
+    objs: Box<[MaybeUninit<Box<T>>]>,
+}
 
-/// Pushes `obj` on `mag`, which must have room. The first push allocates the whole
-/// capacity, so a magazine reallocates at most once in its life.
-#[inline]
-fn mag_push<T>(mag: &mut Magazine<T>, capacity: usize, obj: Box<T>) {
-    debug_assert!(mag.len() < capacity);
-    if mag.capacity() == 0 {
-        mag.reserve_exact(capacity);
+impl<T> Magazine<T> {
+    fn new() -> Self {
+        Self { len: 0, objs: Box::new([]) }
     }
-    mag.push(obj);
+
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline(always)]
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    #[inline(always)]
+    fn pop(&mut self) -> Option<Box<T>> {
+        if self.len == 0 {
+            return None;
+        }
+        self.len -= 1;
+        // SAFETY: entries `..len` are initialised and `len <= objs.len()`; the entry at
+        // the new `len` was the top one and is now outside the live range, so it is
+        // read out exactly once.
+        Some(unsafe { self.objs.get_unchecked(self.len).assume_init_read() })
+    }
+
+    /// Pushes `obj` if the array is allocated and not full; hands it back otherwise.
+    #[inline(always)]
+    fn try_push(&mut self, obj: Box<T>) -> Result<(), Box<T>> {
+        if self.len == self.objs.len() {
+            return Err(obj);
+        }
+        // SAFETY: `len < objs.len()` (checked above); the entry at `len` is outside the
+        // live range, so writing it overwrites nothing that needs dropping.
+        unsafe { self.objs.get_unchecked_mut(self.len).write(obj) };
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Pushes `obj` on a magazine that holds fewer than `capacity` objects, allocating
+    /// the array on first use.
+    fn push(&mut self, obj: Box<T>, capacity: usize) {
+        debug_assert!(self.len < capacity);
+        if self.objs.is_empty() {
+            self.objs = (0..capacity).map(|_| MaybeUninit::uninit()).collect();
+        }
+        let pushed = self.try_push(obj);
+        debug_assert!(pushed.is_ok());
+        // Unreachable: `len < capacity == objs.len()`; dropping would be safe anyway.
+        drop(pushed);
+    }
+
+    /// Moves every object into `out`, leaving the magazine empty (array kept).
+    fn drain_into(&mut self, out: &mut Vec<Box<T>>) {
+        out.reserve(self.len);
+        while let Some(obj) = self.pop() {
+            out.push(obj);
+        }
+    }
+}
+
+impl<T> Drop for Magazine<T> {
+    fn drop(&mut self) {
+        let live: *mut [MaybeUninit<Box<T>>] = &mut self.objs[..self.len];
+        self.len = 0;
+        // SAFETY: entries `..len` were initialised `Box<T>`s (`MaybeUninit<Box<T>>` has
+        // `Box<T>`'s layout); `len` is zeroed first, so they are dropped exactly once,
+        // here (`drop_in_place` on a slice goes on with the rest if one panics).
+        unsafe { core::ptr::drop_in_place(live as *mut [Box<T>]) };
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -116,28 +193,41 @@ fn mag_push<T>(mag: &mut Magazine<T>, capacity: usize, obj: Box<T>) {
 /// Source of slot indexes for OS threads that are not CPUs.
 static NEXT_THREAD_INDEX: AtomicUsize = AtomicUsize::new(0);
 
+/// `THREAD_INDEX` before this thread's first use.
+const NO_INDEX: usize = usize::MAX;
+
 std::thread_local! {
-    /// This thread's index, `usize::MAX` until first use.
-    static THREAD_INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// This thread's index, [`NO_INDEX`] until first use.
+    static THREAD_INDEX: Cell<usize> = const { Cell::new(NO_INDEX) };
 }
 
-/// The caller's CPU index: its CPU id when it runs as a CPU, otherwise a per-thread
-/// index (0 during thread-local teardown, when the index is gone).
-#[inline]
-fn caller_index() -> usize {
+/// The caller's raw index: its CPU id when it runs as a CPU, otherwise the per-thread
+/// index (`NO_INDEX` before the thread's first use, 0 during thread-local teardown).
+/// Two thread-local loads, no atomic: the index is given once per thread, so `get` and
+/// `put` only read it.
+#[inline(always)]
+fn raw_caller_index() -> usize {
     if let Some(cpu) = current_cpu() {
         return cpu.index();
     }
-    THREAD_INDEX
-        .try_with(|ix| {
-            let mut i = ix.get();
-            if i == usize::MAX {
-                i = NEXT_THREAD_INDEX.fetch_add(1, Ordering::Relaxed) & (usize::MAX >> 1);
-                ix.set(i);
-            }
-            i
-        })
-        .unwrap_or(0)
+    THREAD_INDEX.try_with(Cell::get).unwrap_or(0)
+}
+
+/// Gives this thread its index on first use.
+#[cold]
+fn assign_thread_index() -> usize {
+    let i = NEXT_THREAD_INDEX.fetch_add(1, Ordering::Relaxed) & (usize::MAX >> 1);
+    // During thread-local teardown the index is gone; slot 0 serves.
+    THREAD_INDEX.try_with(|ix| ix.set(i)).map_or(0, |()| i)
+}
+
+/// The caller's index (see [`raw_caller_index`]), assigned if need be.
+#[inline]
+fn caller_index() -> usize {
+    match raw_caller_index() {
+        NO_INDEX => assign_thread_index(),
+        i => i,
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -154,9 +244,10 @@ struct Mags<T> {
 struct Slot<T> {
     /// The try-lock over `mags`.
     locked: AtomicBool,
-    /// Objects in `mags`; written only under the lock, read by `stats`.
+    /// Objects in `mags`; written only under the lock (a plain load and store, no
+    /// read-modify-write), read by `stats`.
     cached: AtomicUsize,
-    /// Gets served from `mags`; written only under the lock.
+    /// Gets served from `mags`; written only under the lock, like `cached`.
     hits: AtomicU64,
     mags: UnsafeCell<Mags<T>>,
 }
@@ -172,12 +263,12 @@ impl<T> Slot<T> {
             locked: AtomicBool::new(false),
             cached: AtomicUsize::new(0),
             hits: AtomicU64::new(0),
-            mags: UnsafeCell::new(Mags { loaded: Vec::new(), previous: Vec::new() }),
+            mags: UnsafeCell::new(Mags { loaded: Magazine::new(), previous: Magazine::new() }),
         }
     }
 
     /// Takes the slot if no one holds it; never waits.
-    #[inline]
+    #[inline(always)]
     fn try_lock(&self) -> Option<SlotGuard<'_, T>> {
         self.locked
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -192,7 +283,7 @@ struct SlotGuard<'a, T> {
 }
 
 impl<T> SlotGuard<'_, T> {
-    #[inline]
+    #[inline(always)]
     fn mags(&mut self) -> &mut Mags<T> {
         // SAFETY: this guard exists only while `locked` is held by us (see
         // `Slot::try_lock`), and the returned borrow is tied to `&mut self`, so no other
@@ -200,8 +291,32 @@ impl<T> SlotGuard<'_, T> {
         self.slot.mags.with_mut(|p| unsafe { &mut *p })
     }
 
+    /// Adds `delta` (wrapping) to the published cached count; the lock makes the load
+    /// and store one step.
+    #[inline(always)]
+    fn add_cached(&self, delta: usize) {
+        let c = &self.slot.cached;
+        c.store(c.load(Ordering::Relaxed).wrapping_add(delta), Ordering::Relaxed);
+    }
+
+    /// The hot get: one object off the loaded magazine, counted as a hit.
+    #[inline(always)]
+    fn pop_loaded(&mut self) -> Option<Box<T>> {
+        let obj = self.mags().loaded.pop()?;
+        self.add_cached(usize::MAX); // - 1
+        self.hit();
+        Some(obj)
+    }
+
+    /// The hot put: one object on the loaded magazine, if it has room.
+    #[inline(always)]
+    fn push_loaded(&mut self, obj: Box<T>) -> Result<(), Box<T>> {
+        self.mags().loaded.try_push(obj)?;
+        self.add_cached(1);
+        Ok(())
+    }
+
     /// Republishes the cached count after a change.
-    #[inline]
     fn publish(&mut self) {
         let m = self.mags();
         let n = m.loaded.len() + m.previous.len();
@@ -209,7 +324,6 @@ impl<T> SlotGuard<'_, T> {
     }
 
     /// Pops one object, swapping in the previous magazine if loaded is empty.
-    #[inline]
     fn pop(&mut self) -> Option<Box<T>> {
         let m = self.mags();
         if m.loaded.is_empty() {
@@ -225,7 +339,6 @@ impl<T> SlotGuard<'_, T> {
 
     /// Pushes one object, swapping in the previous magazine if loaded is full; hands
     /// the object back if both are full.
-    #[inline]
     fn push(&mut self, obj: Box<T>, capacity: usize) -> Result<(), Box<T>> {
         let m = self.mags();
         if m.loaded.len() >= capacity {
@@ -234,13 +347,13 @@ impl<T> SlotGuard<'_, T> {
             }
             mem::swap(&mut m.loaded, &mut m.previous);
         }
-        mag_push(&mut m.loaded, capacity, obj);
+        m.loaded.push(obj, capacity);
         self.publish();
         Ok(())
     }
 
     /// Counts a get served from this slot (owner-only counter: load and store).
-    #[inline]
+    #[inline(always)]
     fn hit(&self) {
         let h = &self.slot.hits;
         h.store(h.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
@@ -249,14 +362,14 @@ impl<T> SlotGuard<'_, T> {
     /// Empties both magazines into `out`.
     fn drain_into(&mut self, out: &mut Vec<Box<T>>) {
         let m = self.mags();
-        out.append(&mut m.loaded);
-        out.append(&mut m.previous);
+        m.loaded.drain_into(out);
+        m.previous.drain_into(out);
         self.publish();
     }
 }
 
 impl<T> Drop for SlotGuard<'_, T> {
-    #[inline]
+    #[inline(always)]
     fn drop(&mut self) {
         self.slot.locked.store(false, Ordering::Release);
     }
@@ -307,7 +420,7 @@ impl<T> Depot<T> {
             let full = mem::replace(&mut self.loose, empty);
             self.full.push(full);
         }
-        mag_push(&mut self.loose, capacity, obj);
+        self.loose.push(obj, capacity);
         self.cached += 1;
         Ok(())
     }
@@ -365,9 +478,20 @@ impl Drop for Waiting<'_> {
 }
 
 impl<T> Core<T> {
-    #[inline]
+    /// The caller's slot: `caller_index() % slots`, without a division when the index
+    /// is already below the slot count (every CPU and the first threads).
+    #[inline(always)]
     fn slot(&self) -> &Slot<T> {
-        &self.slots[caller_index() % self.slots.len()]
+        let n = self.slots.len();
+        let i = raw_caller_index();
+        let i = if i < n { i } else { Self::wrap_index(i, n) };
+        &self.slots[i]
+    }
+
+    #[cold]
+    fn wrap_index(i: usize, n: usize) -> usize {
+        let i = if i == NO_INDEX { assign_thread_index() } else { i };
+        i % n
     }
 
     fn lock_depot(&self) -> MutexGuard<'_, Depot<T>> {
@@ -375,13 +499,32 @@ impl<T> Core<T> {
         self.depot.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// An object from the caller's slot, or else from the depot.
-    #[inline]
+    /// An object from the caller's loaded magazine (the hot path), or else from
+    /// [`get_cached_slow`](Self::get_cached_slow).
+    #[inline(always)]
     fn get_cached(&self) -> Option<Box<T>> {
-        let Some(mut slot) = self.slot().try_lock() else {
-            self.contended.fetch_add(1, Ordering::Relaxed);
-            return self.lock_depot().take_one();
-        };
+        match self.slot().try_lock() {
+            Some(mut slot) => match slot.pop_loaded() {
+                Some(obj) => Some(obj),
+                None => self.refill(slot),
+            },
+            None => self.get_contended(),
+        }
+    }
+
+    /// The caller's slot is in use: one object from the depot.
+    #[cold]
+    #[inline(never)]
+    fn get_contended(&self) -> Option<Box<T>> {
+        self.contended.fetch_add(1, Ordering::Relaxed);
+        self.lock_depot().take_one()
+    }
+
+    /// The loaded magazine is empty: swap in the previous one, or else trade it for a
+    /// full one from the depot, or else take one object from the depot.
+    #[cold]
+    #[inline(never)]
+    fn refill(&self, mut slot: SlotGuard<'_, T>) -> Option<Box<T>> {
         if let Some(obj) = slot.pop() {
             slot.hit();
             return Some(obj);
@@ -400,49 +543,83 @@ impl<T> Core<T> {
     }
 
     /// Caches `obj` (or drops it if every magazine is full).
+    #[inline(always)]
     fn put(&self, mut obj: Box<T>) {
         if let Some(reset) = &self.reset {
-            // A panicking hook drops the object; this gives its unit back.
-            let release = Release { core: self, counter: Some(&self.destroyed) };
-            reset(&mut obj);
-            mem::forget(release);
+            self.run_reset(reset, &mut obj);
         }
         if self.waiters.load(Ordering::SeqCst) > 0 {
-            let rejected = {
-                let mut depot = self.lock_depot();
-                let r = depot.put_one(obj, self.capacity);
-                self.wakeup.notify_one();
-                r
-            };
-            if let Err(obj) = rejected {
-                self.destroy(obj);
-            }
-            return;
+            return self.put_for_waiter(obj);
         }
-        let rejected = match self.slot().try_lock() {
-            None => {
-                self.contended.fetch_add(1, Ordering::Relaxed);
-                let mut depot = self.lock_depot();
-                depot.put_one(obj, self.capacity)
-            }
-            Some(mut slot) => match slot.push(obj, self.capacity) {
-                Ok(()) => return,
-                Err(obj) => {
-                    // Both magazines full: trade the loaded one for an empty one.
-                    let mut depot = self.lock_depot();
-                    match depot.empty.pop() {
-                        Some(empty) => {
-                            let full = mem::replace(&mut slot.mags().loaded, empty);
-                            depot.full.push(full);
-                            depot.cached += self.capacity;
-                            depot.exchanges += 1;
-                            slot.push(obj, self.capacity)
-                        }
-                        None => depot.put_one(obj, self.capacity),
-                    }
+        match self.slot().try_lock() {
+            Some(mut slot) => {
+                if let Err(obj) = slot.push_loaded(obj) {
+                    self.put_slow(slot, obj);
                 }
-            },
+            }
+            None => self.put_contended(obj),
+        }
+    }
+
+    /// Runs the reset hook on an object being put back.
+    #[inline]
+    fn run_reset(&self, reset: &ResetFn<T>, obj: &mut T) {
+        // A panicking hook drops the object; this gives its unit back.
+        let release = Release { core: self, counter: Some(&self.destroyed) };
+        reset(obj);
+        mem::forget(release);
+    }
+
+    /// A `get` is waiting: the object goes to the depot, and the waiter is woken.
+    #[cold]
+    #[inline(never)]
+    fn put_for_waiter(&self, obj: Box<T>) {
+        let rejected = {
+            let mut depot = self.lock_depot();
+            let r = depot.put_one(obj, self.capacity);
+            self.wakeup.notify_one();
+            r
         };
+        if let Err(obj) = rejected {
+            self.destroy(obj);
+        }
+    }
+
+    /// The caller's slot is in use: the object goes to the depot.
+    #[cold]
+    #[inline(never)]
+    fn put_contended(&self, obj: Box<T>) {
+        self.contended.fetch_add(1, Ordering::Relaxed);
+        let rejected = self.lock_depot().put_one(obj, self.capacity);
+        if let Err(obj) = rejected {
+            self.destroy(obj);
+        }
+    }
+
+    /// The loaded magazine is full (or was never used): allocate it, or swap in the
+    /// previous one, or else trade it for an empty one from the depot, or else give
+    /// the object to the depot.
+    #[cold]
+    #[inline(never)]
+    fn put_slow(&self, mut slot: SlotGuard<'_, T>, obj: Box<T>) {
+        let rejected = match slot.push(obj, self.capacity) {
+            Ok(()) => return,
+            Err(obj) => {
+                // Both magazines full: trade the loaded one for an empty one.
+                let mut depot = self.lock_depot();
+                match depot.empty.pop() {
+                    Some(empty) => {
+                        let full = mem::replace(&mut slot.mags().loaded, empty);
+                        depot.full.push(full);
+                        depot.cached += self.capacity;
+                        depot.exchanges += 1;
+                        slot.push(obj, self.capacity)
+                    }
+                    None => depot.put_one(obj, self.capacity),
+                }
+            }
+        };
+        drop(slot);
         if let Err(obj) = rejected {
             self.destroy(obj);
         }
@@ -636,25 +813,41 @@ impl<T, F: Fn() -> T> ObjCache<T, F> {
     /// An object: a cached one if the caller's CPU, the depot or (at the limit) another
     /// CPU has one, otherwise a fresh one from the constructor. At the limit, waits
     /// until an object is put back, taken or dropped.
+    #[inline]
     pub fn get(&self) -> Obj<'_, T> {
-        let obj = match self.acquire() {
-            Ok(obj) => obj,
-            Err(_) => self.wait_for_object(),
+        let obj = match self.core.get_cached() {
+            Some(obj) => obj,
+            None => self.get_fresh(),
         };
         Obj { obj: ManuallyDrop::new(obj), core: &self.core }
     }
 
     /// As [`get`](Self::get), but fails instead of waiting at the limit.
+    #[inline]
     pub fn try_get(&self) -> Result<Obj<'_, T>, TryGetError> {
-        let obj = self.acquire()?;
+        let obj = match self.core.get_cached() {
+            Some(obj) => obj,
+            None => self.acquire_fresh()?,
+        };
         Ok(Obj { obj: ManuallyDrop::new(obj), core: &self.core })
     }
 
-    fn acquire(&self) -> Result<Box<T>, TryGetError> {
-        let core = &self.core;
-        if let Some(obj) = core.get_cached() {
-            return Ok(obj);
+    /// Nothing cached for `get`: a fresh object, a stolen one, or a wait.
+    #[cold]
+    #[inline(never)]
+    fn get_fresh(&self) -> Box<T> {
+        match self.acquire_fresh() {
+            Ok(obj) => obj,
+            Err(_) => self.wait_for_object(),
         }
+    }
+
+    /// Nothing cached in the caller's slot or the depot: a fresh object if the limit
+    /// allows, else one from another slot.
+    #[cold]
+    #[inline(never)]
+    fn acquire_fresh(&self) -> Result<Box<T>, TryGetError> {
+        let core = &self.core;
         if core.reserve() {
             return Ok(core.construct(&self.ctor));
         }
@@ -709,10 +902,10 @@ impl<T, F> ObjCache<T, F> {
             let mut depot = core.lock_depot();
             let Depot { full, empty, loose, cached, .. } = &mut *depot;
             for mut mag in full.drain(..) {
-                drained.append(&mut mag);
+                mag.drain_into(&mut drained);
                 empty.push(mag);
             }
-            drained.append(loose);
+            loose.drain_into(&mut drained);
             *cached = 0;
         }
         let n = drained.len();
@@ -816,8 +1009,8 @@ impl<T, F: Fn() -> T> Builder<T, F> {
         let depot_magazines = (depot_objects / capacity + 1).max(2);
         let depot = Depot {
             full: Vec::with_capacity(depot_magazines + 1),
-            empty: (0..depot_magazines).map(|_| Vec::new()).collect(),
-            loose: Vec::new(),
+            empty: (0..depot_magazines).map(|_| Magazine::new()).collect(),
+            loose: Magazine::new(),
             cached: 0,
             hits: 0,
             exchanges: 0,
