@@ -196,33 +196,39 @@ pub(crate) enum Freed {
 #[repr(C)]
 #[derive(Debug)]
 pub(crate) struct Zone {
+    // Cache line 0: read by every free, remote ones included; written only when the
+    // zone is (re)initialised or retired.
     magic: AtomicUsize,
     owner: Cell<*const Mailbox>,
+    base: Cell<usize>,
     class: Cell<u32>,
     chunk_size: Cell<u32>,
     nmax: Cell<u32>,
-    nfree: Cell<u32>,
-    base: Cell<usize>,
+    _pad0: [u8; 28],
+    // Cache line 1: the owner's, written by its every malloc and free (remote freers
+    // never touch it, so they do not pull it away from the owner's core).
     lfree: Cell<usize>,
+    nfree: Cell<u32>,
     unext: Cell<u32>,
     uleft: Cell<u32>,
     state: Cell<ZoneState>,
     awaiting: Cell<bool>,
     pub(crate) prev: Cell<*mut Zone>,
     pub(crate) next: Cell<*mut Zone>,
-    pending_next: AtomicPtr<Zone>,
     /// For a retired zone on the heap's release list: the reaper round it went there.
     round: Cell<u32>,
-    // The words remote freers write, on their own cache line.
-    _pad: [u8; 36],
+    _pad1: [u8; 20],
+    // Cache line 2: the words remote freers write.
     rhead: AtomicUsize,
     rcount: AtomicU32,
+    pending_next: AtomicPtr<Zone>,
 }
 
 // The header must fit in the space reserved for it.
 const _: () = assert!(core::mem::size_of::<Zone>() <= crate::class::ZONE_HEADER);
-// The words remote freers write start a cache line of their own.
-const _: () = assert!(core::mem::offset_of!(Zone, rhead) % 64 == 0);
+// Three cache lines: read-mostly, the owner's, the remote freers' (see the fields).
+const _: () = assert!(core::mem::offset_of!(Zone, lfree) == 64);
+const _: () = assert!(core::mem::offset_of!(Zone, rhead) == 128);
 
 impl Zone {
     /// Initialises a zone header at `mem` for class `class`, owned by `owner`, with its
@@ -244,23 +250,24 @@ impl Zone {
         let header = Zone {
             magic: AtomicUsize::new(ZONE_MAGIC),
             owner: Cell::new(owner),
+            base: Cell::new(mem as usize + first_chunk_offset(class)),
             class: Cell::new(class as u32),
             chunk_size: Cell::new(class_size(class) as u32),
             nmax: Cell::new(nmax as u32),
-            nfree: Cell::new(nmax as u32),
-            base: Cell::new(mem as usize + first_chunk_offset(class)),
+            _pad0: [0; 28],
             lfree: Cell::new(0),
+            nfree: Cell::new(nmax as u32),
             unext: Cell::new((slide % nmax) as u32),
             uleft: Cell::new(nmax as u32),
             state: Cell::new(ZoneState::OnList),
             awaiting: Cell::new(false),
             prev: Cell::new(ptr::null_mut()),
             next: Cell::new(ptr::null_mut()),
-            pending_next: AtomicPtr::new(ptr::null_mut()),
             round: Cell::new(0),
-            _pad: [0; 36],
+            _pad1: [0; 20],
             rhead: AtomicUsize::new(0),
             rcount: AtomicU32::new(0),
+            pending_next: AtomicPtr::new(ptr::null_mut()),
         };
         // SAFETY: `mem` is exclusively ours and large and aligned enough (contract).
         unsafe { z.write(header) };
