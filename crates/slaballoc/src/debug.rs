@@ -7,6 +7,9 @@
 //!   random key in its second word, and handing a chunk out clears that word, so a
 //!   chunk freed twice (its key still there) aborts with "double free" instead of
 //!   corrupting a list (user data equal to the key is a 2^-64 event);
+//! - a chunk freed twice in a row (it is already the head of the free list or of the
+//!   outgoing batch) aborts: for 8-byte chunks, which have no room for the key, this
+//!   is the only check without the `debug` feature;
 //! - a large-block free of anything but the block's start aborts.
 //!
 //! With the `debug` feature, in addition:

@@ -58,9 +58,11 @@
 //!
 //! # Faults
 //! Every build ignores a free of a foreign pointer and aborts with a message on a
-//! double free of a chunk of 16 bytes or more (a key in the freed chunk) and on a free
-//! inside a large block; the `debug` feature adds a per-zone in-use bitmap, interior
-//! and unmapped pointer checks, and poisoning verified on reuse (module [`debug`]).
+//! double free of a chunk of 16 bytes or more (a key in the freed chunk), on a chunk
+//! freed twice in a row (any size) and on a free inside a large block; the `debug`
+//! feature adds a per-zone in-use bitmap (every double free, 8-byte chunks included),
+//! interior and unmapped pointer checks, and poisoning verified on reuse (module
+//! [`debug`]).
 //!
 //! # The C library
 //! The package `dfly-slaballoc-cabi` (in `cabi/`) builds `libdfly_slaballoc_c.so`,

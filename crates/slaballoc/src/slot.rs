@@ -402,6 +402,9 @@ impl Slot {
         }
         b.dest.set(dest);
         let c = p as usize;
+        if c == b.head.get() {
+            crate::debug::fault("double free", c);
+        }
         // SAFETY: the chunk is ours to link (contract).
         unsafe { set_link(c, b.head.get()) };
         if b.head.get() == 0 {

@@ -396,6 +396,11 @@ impl Zone {
     #[inline]
     pub(crate) unsafe fn free_local(&self, chunk: *mut u8) -> Freed {
         let c = chunk as usize;
+        if c == self.lfree.get() {
+            // Freed twice in a row: the one double free of an 8-byte chunk (no room
+            // for the key) that every build catches.
+            crate::debug::fault("double free", c);
+        }
         // SAFETY: the chunk is ours now (contract); push it on the LIFO head.
         unsafe { set_link(c, self.lfree.get()) };
         self.lfree.set(c);

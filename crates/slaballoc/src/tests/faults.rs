@@ -88,6 +88,22 @@ fn double_free_aborts_with_a_message() {
 }
 
 #[test]
+fn immediate_double_free_of_an_8_byte_block_aborts() {
+    static HEAP: Slab = Slab::new();
+    let (status, err) = in_child(|| {
+        let p = HEAP.alloc(layout(8, 8));
+        let keep = HEAP.alloc(layout(8, 8));
+        // SAFETY: a valid free, then the fault under test.
+        unsafe {
+            HEAP.dealloc(p);
+            HEAP.dealloc(p);
+        }
+        std::hint::black_box(keep);
+    });
+    assert_aborts_with(status, &err, "double free");
+}
+
+#[test]
 fn double_free_on_another_thread_aborts() {
     static HEAP: Slab = Slab::new();
     let (status, err) = in_child(|| {
