@@ -170,7 +170,8 @@ fn remote_round_trip(heap: &'static Slab) {
 
 #[test]
 fn remote_free_per_zone_returns_everything() {
-    static HEAP: Slab = Slab::with_config(Config { remote: RemoteMode::PerZone, ..Config::DEFAULT });
+    static HEAP: Slab =
+        Slab::with_config(Config { remote: RemoteMode::PerZone, ..Config::DEFAULT });
     remote_round_trip(&HEAP);
     assert!(HEAP.stats().notifications > 0);
 }

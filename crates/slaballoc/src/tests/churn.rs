@@ -57,7 +57,8 @@ fn churn(heap: &'static Slab) {
 
 #[test]
 fn thread_churn_per_zone_is_bounded_and_leak_free() {
-    static HEAP: Slab = Slab::with_config(Config { remote: RemoteMode::PerZone, ..Config::DEFAULT });
+    static HEAP: Slab =
+        Slab::with_config(Config { remote: RemoteMode::PerZone, ..Config::DEFAULT });
     churn(&HEAP);
 }
 

@@ -14,11 +14,8 @@ use crate::{Config, RemoteMode, Slab};
 
 #[test]
 fn remote_frees_from_a_cpu_notify_the_owner_cpu_by_passive_ipi() {
-    static HEAP: Slab = Slab::with_config(Config {
-        reap_ms: 0,
-        remote: RemoteMode::PerZone,
-        ..Config::DEFAULT
-    });
+    static HEAP: Slab =
+        Slab::with_config(Config { reap_ms: 0, remote: RemoteMode::PerZone, ..Config::DEFAULT });
     let xb = Crossbar::new(2).unwrap();
     let (to_freer, blocks) = mpsc::channel::<Vec<usize>>();
     let (freed_tx, freed) = mpsc::channel::<()>();
@@ -60,11 +57,8 @@ fn remote_frees_from_a_cpu_notify_the_owner_cpu_by_passive_ipi() {
 
 #[test]
 fn batches_from_a_cpu_notify_the_owner_cpu_by_passive_ipi() {
-    static HEAP: Slab = Slab::with_config(Config {
-        reap_ms: 0,
-        remote: RemoteMode::Batched,
-        ..Config::DEFAULT
-    });
+    static HEAP: Slab =
+        Slab::with_config(Config { reap_ms: 0, remote: RemoteMode::Batched, ..Config::DEFAULT });
     let xb = Crossbar::new(2).unwrap();
     let (to_freer, blocks) = mpsc::channel::<Vec<usize>>();
     let xb1 = xb.clone();
