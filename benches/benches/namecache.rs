@@ -6,7 +6,8 @@
 //! entries; a negative hit against a positive one; rename of a directory with
 //! 10^2..10^5 cached descendants (10^6 with `--full`) against rewriting a full-path
 //! map; resident bytes per cached entry; and a flood of distinct misses against the
-//! negative cap. `DFLY_BENCH_ONLY=lookup,negative,rename,memory,flood` selects cases.
+//! negative cap; create/rename-over churn with the longest index probe after it.
+//! `DFLY_BENCH_ONLY=lookup,negative,rename,memory,flood,churn` selects cases.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -334,6 +335,42 @@ fn flood_suite(rec: &mut Recorder, mode: Mode) {
     rec.record("negflood", "dfly", "max_resident_over_bound", max as f64 / bound, "x", true);
 }
 
+/// Create/rename-over churn: a directory of 10,000 files where each iteration creates
+/// a temporary name and renames it over one of the files (the replaced entry leaves
+/// the index, the temporary one moves), then the longest probe a cached lookup needs
+/// in the (parent, name) index, the open-addressed counterpart of a hash chain.
+fn churn_suite(rec: &mut Recorder, mode: Mode) {
+    let iters = match mode {
+        Mode::Test => 20_000u64,
+        Mode::Quick => 10_000_000,
+        Mode::Full => 10_000_000,
+    };
+    let files = 10_000u64;
+    progress(&format!("namecache: churn ({iters} create/rename-over in a directory of {files})"));
+    let nc = Namecache::new(Arc::new(MemFs::new()));
+    let root = nc.root();
+    nc.mkdir(&root, b"/d", 0o755).expect("mkdir");
+    for j in 0..files {
+        nc.create(&root, format!("/d/f{j}").as_bytes(), 0o644).expect("create");
+    }
+    let t0 = std::time::Instant::now();
+    let mut longest = nc.index_longest_probe();
+    for i in 0..iters {
+        let tmp = format!("/d/t{}", i % 64);
+        nc.create(&root, tmp.as_bytes(), 0o644).expect("create");
+        let target = format!("/d/f{}", i.wrapping_mul(7919) % files);
+        nc.rename(&root, tmp.as_bytes(), target.as_bytes()).expect("rename over");
+        if i % 1_000_000 == 999_999 {
+            longest = longest.max(nc.index_longest_probe());
+            progress(&format!("namecache: churn {} done, longest probe so far {longest}", i + 1));
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    longest = longest.max(nc.index_longest_probe());
+    rec.record("churn", "dfly", "longest_probe", longest as f64, "cells", true);
+    rec.record("churn", "dfly", "us_per_iteration", secs * 1e6 / iters as f64, "us", true);
+}
+
 fn main() {
     let mode = Mode::from_args();
     let mut rec = Recorder::new("namecache");
@@ -354,6 +391,9 @@ fn main() {
     }
     if want("flood") {
         flood_suite(&mut rec, mode);
+    }
+    if want("churn") {
+        churn_suite(&mut rec, mode);
     }
     progress(&format!("namecache suite done: {} records", rec.count()));
 }

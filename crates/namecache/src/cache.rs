@@ -532,6 +532,14 @@ impl Namecache {
         s
     }
 
+    /// The longest probe sequence a cached lookup of one component needs in the
+    /// (parent, name) index: 1 when every entry sits in its home cell. Walks the whole
+    /// index under the topology mutex (a diagnostic, not for hot paths).
+    pub fn index_longest_probe(&self) -> usize {
+        let _t = self.c.topo();
+        self.c.index.longest_probe(|i| self.c.rehash(i))
+    }
+
     /// Makes every cached negative entry stale at once (they are asked about again
     /// on next use): for backends whose namespace changed behind the cache.
     pub fn invalidate_negatives(&self) {

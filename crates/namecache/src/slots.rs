@@ -479,6 +479,23 @@ impl Index {
             .collect()
     }
 
+    /// The longest probe a hit needs in the current level: for every live cell, its
+    /// distance from its hash's home cell, plus one (mutex held; `rehash` as for
+    /// [`Index::insert`]). The open-addressed counterpart of a hash chain's length.
+    pub(crate) fn longest_probe(&self, rehash: impl Fn(u32) -> u64) -> usize {
+        let t = self.current();
+        let mask = t.len() - 1;
+        let mut longest = 0;
+        for (i, c) in t.iter().enumerate() {
+            let v = c.load(Ordering::Relaxed);
+            if v != 0 && v != TOMB {
+                let home = rehash(v - 1) as usize & mask;
+                longest = longest.max(((i + t.len() - home) & mask) + 1);
+            }
+        }
+        longest
+    }
+
     /// Bytes allocated for index cells.
     pub(crate) fn bytes(&self) -> usize {
         self.levels.iter().filter_map(|s| s.get()).map(|s| s.len() * 4).sum()

@@ -1307,3 +1307,20 @@ fn file_data_through_memory_and_host_backends() {
     assert_eq!(std::fs::read(host.join("d/g2")).unwrap(), b"hello!");
     let _ = std::fs::remove_dir_all(&host);
 }
+
+#[test]
+fn index_longest_probe_reports_displacement() {
+    let (nc, _fs) = nc();
+    let root = nc.root();
+    assert!(nc.index_longest_probe() <= 1, "at most the root's children so far");
+    for i in 0..2000 {
+        nc.create(&root, format!("/f{i}").as_bytes(), 0o644).unwrap();
+    }
+    let n = nc.index_longest_probe();
+    // Every entry is found within the reported probe length; 2000 entries at a load
+    // of at most one half cannot all sit in their home cells.
+    assert!((2..=2000).contains(&n), "{n}");
+    for i in 0..2000 {
+        nc.stat(&root, format!("/f{i}").as_bytes()).unwrap();
+    }
+}
