@@ -29,7 +29,8 @@
 //!
 //! # Index
 //! An open-addressed table of `u32` cells (`0` empty, [`TOMB`] removed, otherwise
-//! slot index + 1). Only mutex holders change cells. Readers probe without a lock
+//! slot index + 1), linear probing with Robin Hood insertion (an entry takes the
+//! cell of a resident closer to its home), which keeps the longest probe short. Only mutex holders change cells. Readers probe without a lock
 //! and verify every candidate against the slot's own (parent, name) under its
 //! seqlock, so a reader can miss an entry that is being moved (it then takes the
 //! locked path) but never returns a wrong one. Growth publishes a new, larger level;
@@ -398,20 +399,10 @@ impl Index {
             self.rebuild(n, false, &rehash);
         }
         let t = self.current();
-        let mask = t.len() - 1;
-        let mut i = h as usize & mask;
-        loop {
-            let v = t[i].load(Ordering::Relaxed);
-            if v == 0 || v == TOMB {
-                if v == TOMB {
-                    n.tombs -= 1;
-                }
-                t[i].store(idx + 1, Ordering::Release);
-                n.live += 1;
-                return;
-            }
-            i = (i + 1) & mask;
+        if robin_hood_insert(t, h, idx, &rehash) {
+            n.tombs -= 1;
         }
+        n.live += 1;
     }
 
     /// Removes `idx` (hash `h`) if present (mutex held).
@@ -456,13 +447,8 @@ impl Index {
             }
             (old, lvl)
         };
-        let mask = t.len() - 1;
         for idx in live {
-            let mut i = rehash(idx) as usize & mask;
-            while t[i].load(Ordering::Relaxed) != 0 {
-                i = (i + 1) & mask;
-            }
-            t[i].store(idx + 1, Ordering::Release);
+            robin_hood_insert(t, rehash(idx), idx, rehash);
         }
         n.tombs = 0;
         self.cur.store(next, Ordering::Release);
@@ -499,6 +485,38 @@ impl Index {
     /// Bytes allocated for index cells.
     pub(crate) fn bytes(&self) -> usize {
         self.levels.iter().filter_map(|s| s.get()).map(|s| s.len() * 4).sum()
+    }
+}
+
+/// Linear-probing insert with Robin Hood displacement (mutex held): walking from
+/// the home cell, the entry being placed takes the cell of any resident that sits
+/// closer to its own home, and that resident continues the walk. It keeps the
+/// longest probe short (the counterpart of a short hash chain) at the same load.
+/// Readers may miss an entry while it moves (they verify candidates and take the
+/// locked path on a miss), never see a wrong one. Returns true if it filled a
+/// tombstone.
+fn robin_hood_insert(t: &[AtomicU32], h: u64, idx: u32, rehash: &impl Fn(u32) -> u64) -> bool {
+    let mask = t.len() - 1;
+    let mut i = h as usize & mask;
+    let mut cur = idx;
+    let mut dist = 0usize;
+    loop {
+        let v = t[i].load(Ordering::Relaxed);
+        if v == 0 || v == TOMB {
+            t[i].store(cur + 1, Ordering::Release);
+            return v == TOMB;
+        }
+        let home = rehash(v - 1) as usize & mask;
+        let theirs = (i + t.len() - home) & mask;
+        if theirs < dist {
+            // Publish the newcomer first: the displaced entry is briefly in no cell
+            // (a reader then misses it and takes the locked path).
+            t[i].store(cur + 1, Ordering::Release);
+            cur = v - 1;
+            dist = theirs;
+        }
+        i = (i + 1) & mask;
+        dist += 1;
     }
 }
 
