@@ -13,7 +13,12 @@
 //! keeps its parent link while referenced, so `fullpath` still works).
 //!
 //! # The hit path
-//! [`Namecache::nlookup`] and [`Namecache::stat`] first try `fast_walk`: it reads
+//! [`Namecache::nlookup`] and [`Namecache::stat`] first try the path hint (see
+//! [`crate::hints`]): the entry the last lookup of the same bytes from the same
+//! start ended at, accepted only after `hinted` climbs from it to the start
+//! through parent links, matching names against the path's components from the
+//! end, under the same seqlock and rename-sequence checks as the walk below.
+//! Failing that they try `fast_walk`, whose end becomes the new hint. It reads
 //! the global rename sequence, then for each component hashes (parent, name),
 //! probes the index and checks the candidate slot's parent, name and state under
 //! the slot's seqlock, re-checking the directory's own sequence after each step (a
@@ -58,6 +63,7 @@ use dfly_core::CachePadded;
 use std::sync::Arc;
 
 use crate::backend::{Attr, Backend, Ino, Kind};
+use crate::hints::{Hints, Scan};
 use crate::slots::*;
 use crate::topo::Topo;
 use crate::Errno;
@@ -154,6 +160,7 @@ pub(crate) type LinkCache = HashMap<u32, (u32, Arc<[u8]>)>;
 pub(crate) struct Cache {
     pub(crate) arena: Arena,
     pub(crate) index: Index,
+    pub(crate) hints: Hints,
     pub(crate) topo: Mutex<Topo>,
     pub(crate) reap_q: Mutex<Vec<u32>>,
     pub(crate) rename_seq: AtomicU32,
@@ -362,8 +369,8 @@ pub struct NcStats {
     pub negatives: u64,
     /// Entries in the index now.
     pub entries: u64,
-    /// Bytes held by entry slots, the index and the eviction queues (not names
-    /// longer than 32 bytes, which are kept apart).
+    /// Bytes held by entry slots, the index, the path hints (a fixed 64 KiB) and
+    /// the eviction queues (not names longer than 32 bytes, which are kept apart).
     pub bytes: u64,
 }
 
@@ -462,6 +469,7 @@ impl Namecache {
         let c = Cache {
             arena: Arena::new(),
             index: Index::new(),
+            hints: Hints::new(),
             topo: Mutex::new(Topo::default()),
             reap_q: Mutex::new(Vec::new()),
             rename_seq: AtomicU32::new(0),
@@ -528,7 +536,8 @@ impl Namecache {
         let (negatives, entries, queues) = t.counts();
         s.negatives = negatives as u64;
         s.entries = entries as u64;
-        s.bytes = (self.c.arena.bytes() + self.c.index.bytes() + queues) as u64;
+        s.bytes =
+            (self.c.arena.bytes() + self.c.index.bytes() + self.c.hints.bytes() + queues) as u64;
         s
     }
 
@@ -788,14 +797,14 @@ impl Namecache {
     /// assert!(n.is_negative());
     /// ```
     pub fn nlookup(&self, start: &Ncp, path: &[u8], flags: Flags) -> Result<Ncp, Errno> {
-        match self.fast_walk(start, path, flags) {
-            Some(Ok(Fast::Entry(idx, seq))) => {
+        match self.fast(start, path, flags) {
+            Some(Ok(Fast::Entry(idx, seq) | Fast::Read(idx, Snap { seq, .. }))) => {
                 if let Some(n) = start.try_pin(idx, seq) {
                     return Ok(n);
                 }
                 self.c.count_restart();
             }
-            Some(Ok(Fast::Missing)) => return Err(Errno::NoEnt),
+            Some(Ok(Fast::Missing(_))) => return Err(Errno::NoEnt),
             Some(Err(e)) => return Err(e),
             None => {}
         }
@@ -832,7 +841,7 @@ impl Namecache {
     }
 
     fn stat_flags(&self, start: &Ncp, path: &[u8], flags: Flags) -> Result<Attr, Errno> {
-        match self.fast_walk(start, path, flags) {
+        match self.fast(start, path, flags) {
             Some(Ok(Fast::Entry(idx, seq))) => {
                 if let Some(s) = self.c.arena.get(idx).try_read().filter(|s| s.seq == seq) {
                     if let Some(a) = attr_of(&s) {
@@ -841,7 +850,13 @@ impl Namecache {
                 }
                 self.c.count_restart();
             }
-            Some(Ok(Fast::Missing)) => return Err(Errno::NoEnt),
+            Some(Ok(Fast::Read(_, s))) => {
+                if let Some(a) = attr_of(&s) {
+                    return Ok(a);
+                }
+                self.c.count_restart();
+            }
+            Some(Ok(Fast::Missing(_))) => return Err(Errno::NoEnt),
             Some(Err(e)) => return Err(e),
             None => {}
         }
@@ -860,11 +875,142 @@ impl Namecache {
         Err(Errno::Again)
     }
 
-    /// The hit path (see the module docs). `None`: take the locked walk.
-    fn fast_walk(&self, start: &Ncp, path: &[u8], flags: Flags) -> Option<Result<Fast, Errno>> {
-        if let Err(e) = Self::validate_path(path) {
-            return Some(Err(e));
+    /// The hit path (see the module docs): the path hint if it proves out, else
+    /// the optimistic forward walk, whose end then becomes the hint. `None`: take
+    /// the locked walk.
+    fn fast(&self, start: &Ncp, path: &[u8], flags: Flags) -> Option<Result<Fast, Errno>> {
+        if path.is_empty() {
+            return Some(Err(Errno::NoEnt));
         }
+        let c = &*self.c;
+        let from = if path[0] == b'/' { c.root } else { start.idx };
+        let scan = c.hints.scan(from, path);
+        let h = scan.hash;
+        // `validate_path`'s rules, in its order, without a second pass.
+        if scan.nul {
+            return Some(Err(Errno::Inval));
+        }
+        if path.len() >= PATH_MAX {
+            return Some(Err(Errno::NameTooLong));
+        }
+        if let Some(r) = c.hints.get(h).and_then(|x| self.hinted(from, x, path, &scan, flags)) {
+            return Some(Ok(r));
+        }
+        let r = self.fast_walk(start, path, flags);
+        if let Some(Ok(Fast::Entry(x, _) | Fast::Missing(x) | Fast::Read(x, _))) = r {
+            c.hints.put(h, x);
+        }
+        r
+    }
+
+    /// Proves the hint that `path` from `from` ends at slot `x` by climbing
+    /// from `x` through parent links, matching each entry's name against the
+    /// path's components from the last one back, until `from`: every entry on
+    /// the way indexed, the directories uncovered, no rename in between. The
+    /// index holds one entry per (parent, name), so a chain that matches is the
+    /// one the forward walk takes, and the final checks are the forward walk's.
+    /// `None`: the hint does not hold (or the path has `.`, `..` or names over 32
+    /// bytes, which only the forward walk handles). No shared writes but the
+    /// stripe.
+    fn hinted(&self, from: u32, x: u32, path: &[u8], scan: &Scan, flags: Flags) -> Option<Fast> {
+        let c = &*self.c;
+        let r0 = c.rename_seq.load(Ordering::Acquire);
+        if r0 & 1 != 0 {
+            return None;
+        }
+        let neg_gen = c.neg_gen.load(Ordering::Acquire);
+        let trailing = path.ends_with(b"/");
+        let mut comps = scan.components_rev(path);
+        // The last component: its entry read whole, under the forward walk's
+        // rules for the end of a path.
+        let comp = comps.next()?;
+        if comp == b"." || comp == b".." || comp.len() > INLINE {
+            return None;
+        }
+        let xs = c.arena.get(x);
+        let snap = xs.try_read()?;
+        let w = pack(comp);
+        // Word by word (names up to 8 bytes have zeros after the first word on
+        // both sides): one wide compare of freshly stored words stalls on store
+        // forwarding.
+        let same = snap.words[0] == w[0]
+            && (comp.len() <= 8
+                || (snap.words[1] == w[1] && snap.words[2] == w[2] && snap.words[3] == w[3]));
+        if snap.len() != comp.len() || !same || !snap.hashed() {
+            return None;
+        }
+        let ok = match snap.code() {
+            C_DIR => true,
+            C_FILE | C_OTHER => !trailing,
+            C_SYMLINK => !trailing && !flags.follow,
+            C_NEGATIVE => snap.ino as u32 == neg_gen,
+            _ => false,
+        };
+        if !ok || (snap.code() != C_NEGATIVE && xs.covered_by.load(Ordering::Acquire) != 0) {
+            return None;
+        }
+        // The directories above it, up to `from`.
+        let mut cur = snap.parent;
+        let mut n = 1u64;
+        // Entries on one path tend to share a chunk: keep the last one.
+        let mut chunk = c.arena.chunk(x);
+        let mut chunk_of = x & !CHUNK_MASK;
+        for comp in comps {
+            if comp == b"." || comp == b".." || comp.len() > INLINE {
+                return None;
+            }
+            if cur & !CHUNK_MASK != chunk_of {
+                if cur == NIL {
+                    return None;
+                }
+                chunk = c.arena.chunk(cur);
+                chunk_of = cur & !CHUNK_MASK;
+            }
+            let slot = &chunk[(cur & CHUNK_MASK) as usize];
+            let (_, meta, parent) = slot.named_dir(comp.len(), &pack(comp))?;
+            if meta & F_HASHED == 0
+                || meta & 0xff != C_DIR
+                || slot.covered_by.load(Ordering::Acquire) != 0
+            {
+                return None;
+            }
+            n += 1;
+            cur = parent;
+        }
+        if cur != from {
+            return None;
+        }
+        let fs = c.arena.get(from);
+        let fseq = fs.seq.load(Ordering::Acquire);
+        if fseq & 1 != 0
+            || fs.meta.load(Ordering::Relaxed) & 0xff != C_DIR
+            || fs.covered_by.load(Ordering::Acquire) != 0
+        {
+            return None;
+        }
+        fence(Ordering::Acquire);
+        if fs.seq.load(Ordering::Relaxed) != fseq
+            || xs.seq.load(Ordering::Relaxed) != snap.seq
+            || c.rename_seq.load(Ordering::Relaxed) != r0
+        {
+            return None;
+        }
+        let st = c.stripe();
+        if snap.code() == C_NEGATIVE {
+            st.negative_hits.fetch_add(1, Ordering::Relaxed);
+            if n > 1 {
+                st.hits.fetch_add(n - 1, Ordering::Relaxed);
+            }
+            return Some(if flags.create { Fast::Entry(x, snap.seq) } else { Fast::Missing(x) });
+        }
+        st.hits.fetch_add(n, Ordering::Relaxed);
+        Some(Fast::Read(x, snap))
+    }
+
+    /// The optimistic forward walk (see the module docs). `None`: take the
+    /// locked walk. Kept out of line so the hint path stays small.
+    #[inline(never)]
+    fn fast_walk(&self, start: &Ncp, path: &[u8], flags: Flags) -> Option<Result<Fast, Errno>> {
         let c = &*self.c;
         let r0 = c.rename_seq.load(Ordering::Acquire);
         if r0 & 1 != 0 {
@@ -931,7 +1077,7 @@ impl Namecache {
                     return Some(Ok(if flags.create {
                         Fast::Entry(child, seq)
                     } else {
-                        Fast::Missing
+                        Fast::Missing(child)
                     }));
                 }
                 C_NEGATIVE => return Some(Err(Errno::NoEnt)),
@@ -1094,6 +1240,8 @@ impl Namecache {
 enum Fast {
     /// This slot, at this sequence.
     Entry(u32, u32),
-    /// A cached negative last component.
-    Missing,
+    /// A cached negative last component (this slot).
+    Missing(u32),
+    /// This slot, read whole (by the hint path) at its sequence `Snap::seq`.
+    Read(u32, Snap),
 }

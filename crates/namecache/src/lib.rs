@@ -41,6 +41,7 @@
 mod backend;
 mod cache;
 mod errno;
+mod hints;
 mod hostfs;
 mod memfs;
 mod ops;

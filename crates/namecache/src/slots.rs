@@ -122,12 +122,36 @@ impl Snap {
 }
 
 /// Packs the first 32 bytes of `name` into words (zero padded).
+#[inline(always)]
 pub(crate) fn pack(name: &[u8]) -> [u64; 4] {
+    let name = &name[..name.len().min(INLINE)];
     let mut w = [0u64; 4];
-    for (i, chunk) in name.iter().take(INLINE).copied().enumerate() {
-        w[i / 8] |= u64::from(chunk) << ((i % 8) * 8);
+    let mut words = name.chunks_exact(8);
+    for (i, c) in (&mut words).enumerate() {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(c);
+        w[i] = u64::from_le_bytes(b);
     }
+    w[name.len() / 8 % 4] |= short_word(words.remainder());
     w
+}
+
+/// Up to 7 bytes as a little-endian word, with no loop and no `memcpy` call:
+/// two overlapping loads that write equal bytes where they overlap.
+#[inline(always)]
+pub(crate) fn short_word(b: &[u8]) -> u64 {
+    let n = b.len();
+    if n >= 4 {
+        let lo = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let hi = u32::from_le_bytes([b[n - 4], b[n - 3], b[n - 2], b[n - 1]]);
+        u64::from(lo) | (u64::from(hi) << ((n - 4) * 8))
+    } else if n > 0 {
+        u64::from(b[0])
+            | (u64::from(b[n / 2]) << (n / 2 * 8))
+            | (u64::from(b[n - 1]) << ((n - 1) * 8))
+    } else {
+        0
+    }
 }
 
 /// The bytes of packed words, `len` of them (at most 32).
@@ -155,6 +179,7 @@ impl Slot {
     }
 
     /// One attempt at [`read_with`](Self::read_with).
+    #[inline]
     pub(crate) fn try_read(&self) -> Option<Snap> {
         let seq = self.seq.load(Ordering::Acquire);
         if seq & 1 != 0 {
@@ -203,6 +228,28 @@ impl Slot {
         let ino = self.ino.load(Ordering::Relaxed);
         fence(Ordering::Acquire);
         (ok && self.seq.load(Ordering::Relaxed) == seq).then_some((seq, meta, ino))
+    }
+
+    /// Is this slot, right now, an entry named `name` (length `len`, packed
+    /// `words`) under any parent? Returns its (seq, meta, parent) if so. No
+    /// writes. The path-hint climb's read of each directory: names of 8 bytes or
+    /// fewer compare one word (the others are zero in every slot of that length).
+    #[inline(always)]
+    pub(crate) fn named_dir(&self, len: usize, words: &[u64; 4]) -> Option<(u32, u32, u32)> {
+        let seq = self.seq.load(Ordering::Acquire);
+        if seq & 1 != 0 {
+            return None;
+        }
+        let meta = self.meta.load(Ordering::Relaxed);
+        let parent = self.parent.load(Ordering::Relaxed);
+        let ok = ((meta >> 8) & 0xff) as usize == len
+            && self.name[0].load(Ordering::Relaxed) == words[0]
+            && (len <= 8
+                || (self.name[1].load(Ordering::Relaxed) == words[1]
+                    && self.name[2].load(Ordering::Relaxed) == words[2]
+                    && self.name[3].load(Ordering::Relaxed) == words[3]));
+        fence(Ordering::Acquire);
+        (ok && self.seq.load(Ordering::Relaxed) == seq).then_some((seq, meta, parent))
     }
 
     /// Opens a write (mutex held): `seq` becomes odd. Ends with a full fence so a
@@ -259,35 +306,45 @@ impl Slot {
 /// one chunk is partly used (no geometric over-allocation).
 #[derive(Debug)]
 pub(crate) struct Arena {
-    dir: Box<[OnceLock<Mid>]>,
+    dir: Box<[OnceLock<Mid>; TOP]>,
 }
 
-/// One directory level: write-once cells of slot chunks.
-type Mid = Box<[OnceLock<Box<[Slot]>>]>;
+/// One directory level: write-once cells of slot chunks. Fixed-size arrays, so
+/// the masked indices of [`locate`] need no bounds checks on the hit path.
+type Mid = Box<[OnceLock<Chunk>; MID]>;
+type Chunk = Box<[Slot; CHUNK]>;
 
 const CHUNK_BITS: u32 = 10;
 const MID_BITS: u32 = 10;
+pub(crate) const CHUNK: usize = 1 << CHUNK_BITS;
+/// Slot index bits within a chunk.
+pub(crate) const CHUNK_MASK: u32 = (1 << CHUNK_BITS) - 1;
+const MID: usize = 1 << MID_BITS;
 const TOP: usize = 1 << (31 - CHUNK_BITS - MID_BITS);
 /// Most slots an arena can hold.
 pub(crate) const MAX_SLOTS: u32 = (1u32 << 31) - 1;
 
 fn locate(i: u32) -> (usize, usize, usize) {
     let i = i as usize;
-    (
-        i >> (CHUNK_BITS + MID_BITS),
-        (i >> CHUNK_BITS) & ((1 << MID_BITS) - 1),
-        i & ((1 << CHUNK_BITS) - 1),
-    )
+    ((i >> (CHUNK_BITS + MID_BITS)) & (TOP - 1), (i >> CHUNK_BITS) & (MID - 1), i & (CHUNK - 1))
+}
+
+/// `n` values from `f` in a boxed array (built on the heap, not the stack).
+fn boxed<T, const N: usize>(f: impl FnMut(usize) -> T) -> Box<[T; N]> {
+    match (0..N).map(f).collect::<Box<[T]>>().try_into() {
+        Ok(b) => b,
+        Err(_) => unreachable!("{N} items collected into a slice of another length"),
+    }
 }
 
 impl Arena {
     pub(crate) fn new() -> Arena {
-        Arena { dir: (0..TOP).map(|_| OnceLock::new()).collect() }
+        Arena { dir: boxed(|_| OnceLock::new()) }
     }
 
     /// The slot at `i`, which must have been made available by
     /// [`ensure`](Self::ensure) (every index the cache hands around has been).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn get(&self, i: u32) -> &Slot {
         let (t, m, o) = locate(i);
         match self.dir[t].get().and_then(|mid| mid[m].get()) {
@@ -296,20 +353,30 @@ impl Arena {
         }
     }
 
+    /// The chunk holding slot `i` (see [`get`](Self::get)): a caller walking
+    /// nearby slots keeps it and indexes it with [`CHUNK_MASK`], skipping the
+    /// directory's two dependent loads per slot.
+    #[inline(always)]
+    pub(crate) fn chunk(&self, i: u32) -> &[Slot; CHUNK] {
+        let (t, m, _) = locate(i);
+        match self.dir[t].get().and_then(|mid| mid[m].get()) {
+            Some(chunk) => chunk,
+            None => unreachable!("slot {i} used before its chunk was made"),
+        }
+    }
+
     /// Makes slot `i` addressable.
     pub(crate) fn ensure(&self, i: u32) {
         let (t, m, _) = locate(i);
-        let mid =
-            self.dir[t].get_or_init(|| (0..1usize << MID_BITS).map(|_| OnceLock::new()).collect());
-        mid[m].get_or_init(|| (0..1usize << CHUNK_BITS).map(|_| Slot::default()).collect());
+        let mid = self.dir[t].get_or_init(|| boxed(|_| OnceLock::new()));
+        mid[m].get_or_init(|| boxed(|_| Slot::default()));
     }
 
     /// Bytes allocated for slots and the directory.
     pub(crate) fn bytes(&self) -> usize {
-        let cell = std::mem::size_of::<OnceLock<Box<[Slot]>>>();
-        let mut n = self.dir.len() * cell;
+        let mut n = std::mem::size_of_val(&*self.dir);
         for mid in self.dir.iter().filter_map(|m| m.get()) {
-            n += mid.len() * cell;
+            n += std::mem::size_of_val(&**mid);
             n += mid
                 .iter()
                 .filter_map(|c| c.get())
@@ -554,6 +621,19 @@ mod tests {
         assert_eq!(unpack(&pack(n), 32), n.to_vec());
         assert_eq!(unpack(&pack(b"\xff\x00x"), 3), b"\xff\x00x".to_vec());
         assert_eq!(std::mem::size_of::<Slot>(), 88);
+    }
+
+    #[test]
+    fn pack_matches_bytewise_packing_at_every_length() {
+        let bytes: Vec<u8> = (0..40u32).map(|i| (i * 37 + 11) as u8 | 1).collect();
+        for len in 0..=bytes.len() {
+            let name = &bytes[..len];
+            let mut want = [0u64; 4];
+            for (i, &b) in name.iter().take(INLINE).enumerate() {
+                want[i / 8] |= u64::from(b) << ((i % 8) * 8);
+            }
+            assert_eq!(pack(name), want, "length {len}");
+        }
     }
 }
 

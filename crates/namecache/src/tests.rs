@@ -829,6 +829,96 @@ fn the_hit_path_pins_nothing_and_counts_hits() {
 }
 
 #[test]
+fn a_path_hint_never_changes_an_answer() {
+    let (nc, _) = nc();
+    let r = nc.root();
+    nc.mkdir(&r, b"/a", 0o755).unwrap();
+    nc.mkdir(&r, b"/a/b", 0o755).unwrap();
+    nc.mkdir(&r, b"/a/b/d", 0o755).unwrap();
+    nc.create(&r, b"/a/b/f", 0o644).unwrap();
+    nc.create(&r, b"/b", 0o644).unwrap();
+    nc.symlink(&r, b"/l", b"a").unwrap();
+    nc.mkdir(&r, b"/mnt", 0o755).unwrap();
+    nc.create(&r, b"/mnt/hidden", 0o644).unwrap();
+    let mnt = nc.nlookup(&r, b"/mnt", Flags::default()).unwrap();
+    nc.mount(&mnt, Arc::new(MemFs::new())).unwrap();
+    nc.create(&r, b"/mnt/in", 0o644).unwrap();
+    let paths: [&[u8]; 20] = [
+        b"/a",
+        b"/a/",
+        b"/a/b",
+        b"/a/b/",
+        b"/a/b/f",
+        b"/a/b/f/",
+        b"/a//b///f",
+        b"a/b/f",
+        b"/a/./b/f",
+        b"/a/b/../b/f",
+        b"/a/b/nope",
+        b"/a/b/nope/x",
+        b"/a/b/f/x",
+        b"/l",
+        b"/l/",
+        b"/l/b/f",
+        b"/b",
+        b"/a/b/d/",
+        b"/mnt/hidden",
+        b"/mnt/in",
+    ];
+    let view = |a: Result<Attr, Errno>| a.map(|a| (a.kind, a.ino));
+    // The answers from forward walks (each asked twice: the second may use the
+    // hint the first left).
+    let want: Vec<_> = paths
+        .iter()
+        .map(|p| {
+            let w = (view(nc.stat(&r, p)), view(nc.lstat(&r, p)));
+            assert_eq!((view(nc.stat(&r, p)), view(nc.lstat(&r, p))), w, "{p:?} twice");
+            w
+        })
+        .collect();
+    assert_eq!(want[4].0.unwrap().0, Kind::File);
+    assert_eq!(want[5].0, Err(Errno::NotDir));
+    assert_eq!(want[10].0, Err(Errno::NoEnt));
+    assert_eq!(want[14].1.unwrap().0, Kind::Dir, "a trailing slash follows the link");
+    assert_eq!(want[18].0, Err(Errno::NoEnt), "covered by the mount");
+    // Every path's hint forged to name every slot in use: the answers stay.
+    let slots = nc.stats().entries as u32 + 8;
+    for (p, w) in paths.iter().zip(&want) {
+        let h = nc.c.hints.scan(nc.c.root, p).hash;
+        for x in 0..slots {
+            nc.c.hints.put(h, x);
+            assert_eq!(view(nc.stat(&r, p)), w.0, "stat {p:?} with a hint at slot {x}");
+            nc.c.hints.put(h, x);
+            assert_eq!(view(nc.lstat(&r, p)), w.1, "lstat {p:?} with a hint at slot {x}");
+            nc.c.hints.put(h, x);
+            let n = nc.nlookup(&r, p, Flags::default()).map(|n| n.attr().map(|a| (a.kind, a.ino)));
+            assert_eq!(n, w.1.map(Some), "nlookup {p:?} with a hint at slot {x}");
+        }
+    }
+    // A hinted path whose directories are renamed away and made again.
+    assert_eq!(nc.stat(&r, b"/a/b/f").unwrap().kind, Kind::File);
+    nc.rename(&r, b"/a", b"/z").unwrap();
+    assert_eq!(nc.stat(&r, b"/a/b/f").unwrap_err(), Errno::NoEnt);
+    nc.mkdir(&r, b"/a", 0o755).unwrap();
+    nc.mkdir(&r, b"/a/b", 0o755).unwrap();
+    nc.mkdir(&r, b"/a/b/f", 0o755).unwrap();
+    assert_eq!(nc.stat(&r, b"/a/b/f").unwrap().kind, Kind::Dir);
+    assert_eq!(nc.stat(&r, b"/z/b/f").unwrap().kind, Kind::File);
+    // Removed and made again under the same name.
+    nc.rmdir(&r, b"/a/b/f").unwrap();
+    assert_eq!(nc.stat(&r, b"/a/b/f").unwrap_err(), Errno::NoEnt);
+    nc.create(&r, b"/a/b/f", 0o644).unwrap();
+    assert_eq!(nc.stat(&r, b"/a/b/f").unwrap().kind, Kind::File);
+    // A mount over a hinted directory hides what the hint found.
+    assert_eq!(nc.stat(&r, b"/z/b/d/").unwrap().kind, Kind::Dir);
+    nc.create(&r, b"/z/b/d/g", 0o644).unwrap();
+    assert!(nc.stat(&r, b"/z/b/d/g").is_ok());
+    let d = nc.nlookup(&r, b"/z/b/d", Flags::default()).unwrap();
+    nc.mount(&d, Arc::new(MemFs::new())).unwrap();
+    assert_eq!(nc.stat(&r, b"/z/b/d/g").unwrap_err(), Errno::NoEnt);
+}
+
+#[test]
 fn negative_generation_makes_negatives_stale() {
     let (nc, fs) = nc();
     let r = nc.root();

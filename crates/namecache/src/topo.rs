@@ -77,7 +77,8 @@ impl Cache {
     }
 
     pub(crate) fn stripe(&self) -> &Stripe {
-        &self.stripes[stripe() % self.stripes.len()]
+        // A power of two (64), so the modulo is a mask.
+        &self.stripes[stripe() & (self.stripes.len() - 1)]
     }
 
     pub(crate) fn count_restart(&self) {
