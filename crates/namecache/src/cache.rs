@@ -798,7 +798,7 @@ impl Namecache {
     /// ```
     pub fn nlookup(&self, start: &Ncp, path: &[u8], flags: Flags) -> Result<Ncp, Errno> {
         match self.fast(start, path, flags) {
-            Some(Ok(Fast::Entry(idx, seq) | Fast::Read(idx, Snap { seq, .. }))) => {
+            Some(Ok(Fast::Entry(idx, seq) | Fast::Read(idx, seq, _))) => {
                 if let Some(n) = start.try_pin(idx, seq) {
                     return Ok(n);
                 }
@@ -850,12 +850,7 @@ impl Namecache {
                 }
                 self.c.count_restart();
             }
-            Some(Ok(Fast::Read(_, s))) => {
-                if let Some(a) = attr_of(&s) {
-                    return Ok(a);
-                }
-                self.c.count_restart();
-            }
+            Some(Ok(Fast::Read(_, _, a))) => return Ok(a),
             Some(Ok(Fast::Missing(_))) => return Err(Errno::NoEnt),
             Some(Err(e)) => return Err(e),
             None => {}
@@ -897,7 +892,7 @@ impl Namecache {
             return Some(Ok(r));
         }
         let r = self.fast_walk(start, path, flags);
-        if let Some(Ok(Fast::Entry(x, _) | Fast::Missing(x) | Fast::Read(x, _))) = r {
+        if let Some(Ok(Fast::Entry(x, _) | Fast::Missing(x) | Fast::Read(x, _, _))) = r {
             c.hints.put(h, x);
         }
         r
@@ -923,7 +918,7 @@ impl Namecache {
         let mut comps = scan.components_rev(path);
         // The last component: its entry read whole, under the forward walk's
         // rules for the end of a path.
-        let comp = comps.next()?;
+        let (comp, _) = comps.next()?;
         if comp == b"." || comp == b".." || comp.len() > INLINE {
             return None;
         }
@@ -955,8 +950,9 @@ impl Namecache {
         // Entries on one path tend to share a chunk: keep the last one.
         let mut chunk = c.arena.chunk(x);
         let mut chunk_of = x & !CHUNK_MASK;
-        for comp in comps {
-            if comp == b"." || comp == b".." || comp.len() > INLINE {
+        for (comp, w0) in comps {
+            // No `.`/`..` test: no entry is named either, so the name check fails.
+            if comp.len() > INLINE {
                 return None;
             }
             if cur & !CHUNK_MASK != chunk_of {
@@ -967,7 +963,7 @@ impl Namecache {
                 chunk_of = cur & !CHUNK_MASK;
             }
             let slot = &chunk[(cur & CHUNK_MASK) as usize];
-            let (_, meta, parent) = slot.named_dir(comp.len(), &pack(comp))?;
+            let (_, meta, parent) = slot.named_dir(comp, w0)?;
             if meta & F_HASHED == 0
                 || meta & 0xff != C_DIR
                 || slot.covered_by.load(Ordering::Acquire) != 0
@@ -1004,7 +1000,8 @@ impl Namecache {
             return Some(if flags.create { Fast::Entry(x, snap.seq) } else { Fast::Missing(x) });
         }
         st.hits.fetch_add(n, Ordering::Relaxed);
-        Some(Fast::Read(x, snap))
+        // The end codes accepted above all have attributes.
+        attr_of(&snap).map(|a| Fast::Read(x, snap.seq, a))
     }
 
     /// The optimistic forward walk (see the module docs). `None`: take the
@@ -1242,6 +1239,7 @@ enum Fast {
     Entry(u32, u32),
     /// A cached negative last component (this slot).
     Missing(u32),
-    /// This slot, read whole (by the hint path) at its sequence `Snap::seq`.
-    Read(u32, Snap),
+    /// This slot at this sequence, with the attributes read with it (the hint
+    /// path reads the last entry whole).
+    Read(u32, u32, Attr),
 }

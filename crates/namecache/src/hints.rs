@@ -21,7 +21,7 @@
 
 use dfly_core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::slots::short_word;
+use crate::slots::{short_word, word_ending_at};
 
 /// Cells in the table (64 KiB).
 const CELLS: usize = 1 << 13;
@@ -63,10 +63,11 @@ fn low(n: usize) -> u64 {
 }
 
 impl<'a> Iterator for RevComponents<'a> {
-    type Item = &'a [u8];
+    /// The component, and its first (up to) 8 bytes as a little-endian word.
+    type Item = (&'a [u8], u64);
 
     #[inline(always)]
-    fn next(&mut self) -> Option<&'a [u8]> {
+    fn next(&mut self) -> Option<(&'a [u8], u64)> {
         let (start, end) = match self.slashes {
             Some(_) if self.end == 0 => return None,
             Some(m) => {
@@ -87,7 +88,13 @@ impl<'a> Iterator for RevComponents<'a> {
             }
         };
         self.end = start;
-        Some(&self.path[start..end])
+        let comp = &self.path[start..end];
+        let w0 = if comp.len() <= 8 {
+            word_ending_at(self.path, end, comp.len())
+        } else {
+            word_ending_at(self.path, start + 8, 8)
+        };
+        Some((comp, w0))
     }
 }
 
@@ -137,7 +144,12 @@ impl Hints {
     /// climb finds component boundaries without scanning bytes again.
     #[inline]
     pub(crate) fn scan(&self, start: u32, path: &[u8]) -> Scan {
-        let mut h = fold(self.seed ^ u64::from(start), M0);
+        // Each word is mixed on its own (with its position), and the mixes are
+        // summed: the multiplies do not wait on each other, so the hash adds
+        // little latency before the table load it feeds.
+        let key = self.seed ^ u64::from(start);
+        let mut sum = 0u64;
+        let mut pos = key;
         let mut nuls = 0u64;
         let mut slashes = 0u64;
         let mut words = path.chunks_exact(8);
@@ -149,7 +161,8 @@ impl Hints {
             if k < 8 {
                 slashes |= byte_bits(zero_bytes(w ^ SLASHES)) << (k * 8);
             }
-            h = fold(h ^ w, M1);
+            sum = sum.wrapping_add(fold(w ^ pos, M1));
+            pos = pos.wrapping_add(M0);
         }
         let tail = words.remainder();
         let tw = short_word(tail);
@@ -159,8 +172,9 @@ impl Hints {
         if k < 8 {
             slashes |= (byte_bits(zero_bytes(tw ^ SLASHES)) & valid) << (k * 8);
         }
+        sum = sum.wrapping_add(fold(tw ^ pos, M1));
         Scan {
-            hash: fold(h ^ tw ^ ((path.len() as u64) << 56), M0),
+            hash: fold(sum ^ key ^ ((path.len() as u64) << 56), M0),
             nul,
             slashes: (path.len() <= 64).then_some(slashes),
         }
@@ -244,7 +258,13 @@ mod tests {
                 assert_eq!(s.slashes.is_some(), len <= 64);
                 let want: Vec<&[u8]> =
                     p.split(|&b| b == b'/').filter(|c| !c.is_empty()).rev().collect();
-                let got: Vec<&[u8]> = s.components_rev(p).collect();
+                let got: Vec<&[u8]> = s
+                    .components_rev(p)
+                    .map(|(c, w)| {
+                        assert_eq!(w, crate::slots::pack(c)[0], "first word of {c:?}");
+                        c
+                    })
+                    .collect();
                 assert_eq!(got, want, "seed {seed}, length {len}");
             }
         }

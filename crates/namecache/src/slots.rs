@@ -141,16 +141,29 @@ pub(crate) fn pack(name: &[u8]) -> [u64; 4] {
 #[inline(always)]
 pub(crate) fn short_word(b: &[u8]) -> u64 {
     let n = b.len();
-    if n >= 4 {
-        let lo = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        let hi = u32::from_le_bytes([b[n - 4], b[n - 3], b[n - 2], b[n - 1]]);
-        u64::from(lo) | (u64::from(hi) << ((n - 4) * 8))
-    } else if n > 0 {
-        u64::from(b[0])
-            | (u64::from(b[n / 2]) << (n / 2 * 8))
-            | (u64::from(b[n - 1]) << ((n - 1) * 8))
-    } else {
-        0
+    match (b.first_chunk::<4>(), b.last_chunk::<4>()) {
+        (Some(lo), Some(hi)) => {
+            u64::from(u32::from_le_bytes(*lo))
+                | (u64::from(u32::from_le_bytes(*hi)) << ((n - 4) * 8))
+        }
+        _ => match (b.first(), b.last()) {
+            (Some(&f), Some(&l)) => {
+                u64::from(f)
+                    | (u64::from(b[n / 2]) << (n / 2 * 8))
+                    | (u64::from(l) << ((n - 1) * 8))
+            }
+            _ => 0,
+        },
+    }
+}
+
+/// The `len` (1..=8) bytes of `path` that end at `end` as a little-endian word,
+/// from one load when at least 8 bytes end there.
+#[inline(always)]
+pub(crate) fn word_ending_at(path: &[u8], end: usize, len: usize) -> u64 {
+    match path[..end].last_chunk::<8>() {
+        Some(w) => u64::from_le_bytes(*w) >> ((8 - len) * 8),
+        None => short_word(&path[end - len..end]),
     }
 }
 
@@ -230,12 +243,14 @@ impl Slot {
         (ok && self.seq.load(Ordering::Relaxed) == seq).then_some((seq, meta, ino))
     }
 
-    /// Is this slot, right now, an entry named `name` (length `len`, packed
-    /// `words`) under any parent? Returns its (seq, meta, parent) if so. No
-    /// writes. The path-hint climb's read of each directory: names of 8 bytes or
-    /// fewer compare one word (the others are zero in every slot of that length).
+    /// Is this slot, right now, an entry named `name` (at most [`INLINE`] bytes)
+    /// under any parent? Returns its (seq, meta, parent) if so. No writes. The
+    /// path-hint climb's read of each directory: `w0` is the name's first word
+    /// ([`pack`]`(name)[0]`); a name of 8 bytes or fewer is that word alone (the
+    /// others are zero in every slot of that length).
     #[inline(always)]
-    pub(crate) fn named_dir(&self, len: usize, words: &[u64; 4]) -> Option<(u32, u32, u32)> {
+    pub(crate) fn named_dir(&self, name: &[u8], w0: u64) -> Option<(u32, u32, u32)> {
+        let len = name.len();
         let seq = self.seq.load(Ordering::Acquire);
         if seq & 1 != 0 {
             return None;
@@ -243,11 +258,13 @@ impl Slot {
         let meta = self.meta.load(Ordering::Relaxed);
         let parent = self.parent.load(Ordering::Relaxed);
         let ok = ((meta >> 8) & 0xff) as usize == len
-            && self.name[0].load(Ordering::Relaxed) == words[0]
-            && (len <= 8
-                || (self.name[1].load(Ordering::Relaxed) == words[1]
-                    && self.name[2].load(Ordering::Relaxed) == words[2]
-                    && self.name[3].load(Ordering::Relaxed) == words[3]));
+            && self.name[0].load(Ordering::Relaxed) == w0
+            && (len <= 8 || {
+                let w = pack(name);
+                self.name[1].load(Ordering::Relaxed) == w[1]
+                    && self.name[2].load(Ordering::Relaxed) == w[2]
+                    && self.name[3].load(Ordering::Relaxed) == w[3]
+            });
         fence(Ordering::Acquire);
         (ok && self.seq.load(Ordering::Relaxed) == seq).then_some((seq, meta, parent))
     }
