@@ -138,6 +138,11 @@ impl Default for Limits {
     }
 }
 
+/// Counter stripes with one writing thread each (see `Cache::count`).
+pub(crate) const OWNED_STRIPES: usize = 64;
+/// Counter stripes shared, with atomic adds, by the threads after those.
+pub(crate) const SHARED_STRIPES: usize = 16;
+
 #[derive(Debug, Default)]
 pub(crate) struct Stripe {
     pub(crate) hits: AtomicU64,
@@ -480,7 +485,9 @@ impl Namecache {
             long_names: Mutex::new(HashMap::new()),
             symlinks: Mutex::new(HashMap::new()),
             waits: (0..64).map(|_| (Mutex::new(()), Condvar::new())).collect(),
-            stripes: (0..64).map(|_| CachePadded::new(Stripe::default())).collect(),
+            stripes: (0..OWNED_STRIPES + SHARED_STRIPES)
+                .map(|_| CachePadded::new(Stripe::default()))
+                .collect(),
             limits: Limits {
                 negative: limits.negative.max(1),
                 negative_per_parent: limits.negative_per_parent.max(1),
@@ -991,15 +998,14 @@ impl Namecache {
         {
             return None;
         }
-        let st = c.stripe();
         if snap.code() == C_NEGATIVE {
-            st.negative_hits.fetch_add(1, Ordering::Relaxed);
+            c.count(|s| &s.negative_hits, 1);
             if n > 1 {
-                st.hits.fetch_add(n - 1, Ordering::Relaxed);
+                c.count(|s| &s.hits, n - 1);
             }
             return Some(if flags.create { Fast::Entry(x, snap.seq) } else { Fast::Missing(x) });
         }
-        st.hits.fetch_add(n, Ordering::Relaxed);
+        c.count(|s| &s.hits, n);
         // The end codes accepted above all have attributes.
         attr_of(&snap).map(|a| Fast::Read(x, snap.seq, a))
     }
@@ -1068,9 +1074,8 @@ impl Namecache {
                     if c.rename_seq.load(Ordering::Acquire) != r0 {
                         return None;
                     }
-                    let st = c.stripe();
-                    st.negative_hits.fetch_add(1, Ordering::Relaxed);
-                    st.hits.fetch_add(hits - 1, Ordering::Relaxed);
+                    c.count(|s| &s.negative_hits, 1);
+                    c.count(|s| &s.hits, hits - 1);
                     return Some(Ok(if flags.create {
                         Fast::Entry(child, seq)
                     } else {
@@ -1101,7 +1106,7 @@ impl Namecache {
             return None;
         }
         if hits > 0 {
-            c.stripe().hits.fetch_add(hits, Ordering::Relaxed);
+            c.count(|s| &s.hits, hits);
         }
         Some(Ok(Fast::Entry(cur, cur_seq)))
     }

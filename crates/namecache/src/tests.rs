@@ -919,6 +919,35 @@ fn a_path_hint_never_changes_an_answer() {
 }
 
 #[test]
+fn hit_counts_are_exact_across_many_threads() {
+    // Threads past the 64 that own a counter stripe share the others with atomic
+    // adds; no count may be lost either way.
+    let (nc, _) = nc();
+    let r = nc.root();
+    nc.mkdir(&r, b"/d", 0o755).unwrap();
+    nc.create(&r, b"/d/f", 0o644).unwrap();
+    assert!(nc.stat(&r, b"/d/f").is_ok());
+    let before = nc.stats().hits;
+    let threads = 100;
+    let barrier = Arc::new(std::sync::Barrier::new(threads));
+    let hs: Vec<_> = (0..threads)
+        .map(|_| {
+            let (nc, r, barrier) = (nc.clone(), r.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                for _ in 0..50 {
+                    assert_eq!(nc.stat(&r, b"/d/f").unwrap().kind, Kind::File);
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+    assert_eq!(nc.stats().hits - before, threads as u64 * 50 * 2);
+}
+
+#[test]
 fn negative_generation_makes_negatives_stale() {
     let (nc, fs) = nc();
     let r = nc.root();

@@ -27,11 +27,13 @@ use std::collections::{HashMap, HashSet, VecDeque};
 
 use std::sync::Arc;
 
-use dfly_core::sync::atomic::Ordering;
+use dfly_core::sync::atomic::{AtomicU64, Ordering};
 use dfly_core::sync::MutexGuard;
 
 use crate::backend::Backend;
-use crate::cache::{attr_of, kind_code, lock, Cache, Namecache, State, Stripe};
+use crate::cache::{
+    attr_of, kind_code, lock, Cache, Namecache, State, Stripe, OWNED_STRIPES, SHARED_STRIPES,
+};
 use crate::slots::*;
 use crate::Errno;
 
@@ -76,9 +78,35 @@ impl Cache {
         self.arena.get(idx).read_with(|| drop(lock(&self.topo)))
     }
 
+    /// This thread's counter stripe, and whether this thread is its only writer:
+    /// the first [`OWNED_STRIPES`] threads of the process own one each (thread
+    /// numbers are never reused); later threads share the rest.
+    #[inline]
+    pub(crate) fn stripe_of_thread(&self) -> (&Stripe, bool) {
+        let id = stripe();
+        if id < OWNED_STRIPES {
+            (&self.stripes[id], true)
+        } else {
+            (&self.stripes[OWNED_STRIPES + id % SHARED_STRIPES], false)
+        }
+    }
+
     pub(crate) fn stripe(&self) -> &Stripe {
-        // A power of two (64), so the modulo is a mask.
-        &self.stripes[stripe() & (self.stripes.len() - 1)]
+        self.stripe_of_thread().0
+    }
+
+    /// Adds `n` to the counter `pick` chooses in this thread's stripe: a plain
+    /// load and store when the thread owns the stripe (no locked instruction on
+    /// the hit path), an atomic add when it shares one.
+    #[inline]
+    pub(crate) fn count(&self, pick: impl Fn(&Stripe) -> &AtomicU64, n: u64) {
+        let (st, owned) = self.stripe_of_thread();
+        let a = pick(st);
+        if owned {
+            a.store(a.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        } else {
+            a.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn count_restart(&self) {
