@@ -6,7 +6,8 @@
 //! and the CPU time an idle machine burns.
 //!
 //! Run with `cargo xtask bench lwkt` (or `cargo bench -p dfly-benches --bench lwkt --
-//! --quick`). `DFLY_BENCH_ONLY=switch,wake,spawn,rt,token,blocked,idle` runs a subset.
+//! --quick`). `DFLY_BENCH_ONLY=switch,wake,spawn,rt,token,blocked,idle` runs a subset;
+//! `DFLY_BENCH_ONLY=chained` runs only the spawn/chained cases.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -406,7 +407,7 @@ fn tokio_ping_pong(rt: &tokio::runtime::Runtime, n: u64) -> f64 {
     t.elapsed().as_nanos() as f64 / (2 * n) as f64
 }
 
-fn spawn_suite(rec: &mut Recorder, mode: Mode) {
+fn spawn_suite(rec: &mut Recorder, mode: Mode, chained_only: bool) {
     progress("lwkt: spawn/chained, spawn/join");
     let reps = mode.reps();
     let n = mode.scale(100_000) as usize;
@@ -419,6 +420,9 @@ fn spawn_suite(rec: &mut Recorder, mode: Mode) {
     rec.record("spawn/chained", TOKIO_CT, "ns_per_spawn", v, unit, true);
     let v = med_of(reps, || tokio_chained(&mt, n));
     rec.record("spawn/chained", TOKIO_MT, "ns_per_spawn", v, unit, true);
+    if chained_only {
+        return;
+    }
     let v = med_of(reps, || dfly_spawn_join(n));
     rec.record("spawn/join", "dfly", "ns_per_spawn", v, unit, true);
     let v = med_of(reps, || tokio_spawn_join(&ct, n));
@@ -644,8 +648,8 @@ fn main() {
     if want("wake") {
         wake_suite(&mut rec, mode);
     }
-    if want("spawn") || want("rt") {
-        spawn_suite(&mut rec, mode);
+    if want("spawn") || want("rt") || want("chained") {
+        spawn_suite(&mut rec, mode, !want("spawn") && !want("rt"));
     }
     if want("token") {
         token_suite(&mut rec, mode);

@@ -42,6 +42,7 @@ mod runq;
 mod sched;
 mod serializer;
 mod sim;
+mod task;
 mod token;
 
 #[cfg(test)]

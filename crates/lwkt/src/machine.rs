@@ -17,22 +17,22 @@
 
 use core::fmt;
 use core::time::Duration;
-use dfly_core::sync::{Arc, Condvar, Mutex};
+use dfly_core::sync::{Arc, Mutex};
 use std::any::Any;
 use std::thread::JoinHandle as OsJoinHandle;
 
 use crossbeam_queue::SegQueue;
 use dfly_core::clock::{Clock, RealClock, Timestamp, VirtualClock};
-use dfly_core::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
+use dfly_core::sync::atomic::{fence, AtomicBool, Ordering};
 use dfly_core::{AtomicCpuMask, CpuId, CpuMask, CpuOutOfRange, PerCpu};
 use dfly_ipi::{Cpu as IpiCpu, Crossbar};
 
 use crate::sched::{
-    current_core, set_current_core, Cont, CpuCore, JoinSignal, NewThread, Ran, SchedStats,
-    ScheduleError, Step, ThreadId,
+    current_core, set_current_core, CpuCore, NewThread, Ran, SchedStats, ScheduleError, ThreadId,
 };
+pub use crate::task::JoinHandle;
 use crate::token::TokenStack;
-use crate::{Ctx, Flow, FlowInner, Priority};
+use crate::{Ctx, Flow, Priority};
 
 /// Number of sleep buckets (ident hash classes with a CPU mask each).
 pub(crate) const SLEEP_BUCKETS: usize = 1024;
@@ -233,51 +233,29 @@ impl Shared {
         if self.stop.load(Ordering::Acquire) {
             return Err(SpawnError::Stopped);
         }
-        let state = Arc::new(JoinState::<R>::new());
-        let st = state.clone();
-        let cont: Cont = Box::new(move |cx: &mut Ctx<'_>| lower(body(cx), st));
+        let (task, handle) = crate::task::new(body);
         let nt = NewThread {
             name: opts.name.map(String::into_boxed_str),
             prio: opts.prio,
-            body: cont,
-            join: state.clone(),
+            task,
             tokens: TokenStack::default(),
         };
         match from {
             Some(core) if core.id == cpu => core.adopt(nt),
             _ => self.push_request(cpu, Request::Spawn(nt), from),
         }
-        Ok(JoinHandle { state })
+        Ok(handle)
     }
 }
 
-/// A plain thread body as a [`Flow`] body (no allocation: the one box is made in
-/// `Shared::spawn`).
+/// A plain thread body as a [`Flow`] body (no allocation: the body lives in the
+/// task cell made in `Shared::spawn`).
 pub(crate) fn plain<F, R>(f: F) -> impl FnOnce(&mut Ctx<'_>) -> Flow<R> + Send + 'static
 where
     F: FnOnce(&mut Ctx<'_>) -> R + Send + 'static,
     R: Send + 'static,
 {
     move |cx: &mut Ctx<'_>| Flow::done(f(cx))
-}
-
-/// Turns a typed [`Flow`] into the scheduler's [`Step`], delivering a final result to
-/// the join state.
-fn lower<R: Send + 'static>(flow: Flow<R>, st: Arc<JoinState<R>>) -> Step {
-    match flow.0 {
-        FlowInner::Done(r) => {
-            st.complete(Ok(r));
-            Step::Done
-        }
-        FlowInner::Block { ident, timeout, cont } => Step::Block {
-            ident,
-            timeout,
-            cont: Box::new(move |cx: &mut Ctx<'_>| lower(cont(cx), st)),
-        },
-        FlowInner::Migrate { cpu, cont } => {
-            Step::Migrate { cpu, cont: Box::new(move |cx: &mut Ctx<'_>| lower(cont(cx), st)) }
-        }
-    }
 }
 
 /// Where and how to run a new thread.
@@ -368,140 +346,6 @@ impl fmt::Display for JoinError {
 }
 
 impl std::error::Error for JoinError {}
-
-pub(crate) struct JoinState<R> {
-    result: Mutex<Option<Result<R, JoinError>>>,
-    done: AtomicBool,
-    taken: AtomicBool,
-    /// Foreign threads inside `join_blocking` (counted under `result`'s lock), so
-    /// a completion pays for a condvar wake only when someone waits on it.
-    blocking_waiters: AtomicU32,
-    /// LWKT threads inside `Ctx::join`, so a completion routes a wakeup only when
-    /// one may sleep on it (registered before the joiner checks `done`; read after
-    /// the completer sets it: one of the two sees the other).
-    lwkt_waiters: AtomicU32,
-    cv: Condvar,
-}
-
-impl<R: Send + 'static> JoinState<R> {
-    fn new() -> Self {
-        JoinState {
-            result: Mutex::new(None),
-            done: AtomicBool::new(false),
-            taken: AtomicBool::new(false),
-            blocking_waiters: AtomicU32::new(0),
-            lwkt_waiters: AtomicU32::new(0),
-            cv: Condvar::new(),
-        }
-    }
-
-    pub(crate) fn ident(&self) -> usize {
-        self as *const Self as usize
-    }
-
-    /// Registers (or, with `false`, unregisters) an LWKT joiner.
-    pub(crate) fn lwkt_waiting(&self, on: bool) {
-        if on {
-            self.lwkt_waiters.fetch_add(1, Ordering::SeqCst);
-        } else {
-            self.lwkt_waiters.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-
-    pub(crate) fn is_done(&self) -> bool {
-        self.done.load(Ordering::SeqCst)
-    }
-
-    fn set(&self, r: Result<R, JoinError>) {
-        if let Ok(mut g) = self.result.lock() {
-            if g.is_none() && !self.done.load(Ordering::Relaxed) {
-                *g = Some(r);
-            }
-            self.done.store(true, Ordering::SeqCst);
-        }
-        // A waiter registers and checks `done` under the lock, so either it saw
-        // `done` or its registration is visible here.
-        if self.blocking_waiters.load(Ordering::SeqCst) > 0 {
-            self.cv.notify_all();
-        }
-    }
-
-    /// Delivers the result (called on the thread's CPU, inside the thread).
-    fn complete(&self, r: Result<R, JoinError>) {
-        self.set(r);
-        if self.lwkt_waiters.load(Ordering::SeqCst) == 0 {
-            return;
-        }
-        if let Some(core) = current_core() {
-            core.shared.clone().route_wakeup(Some(&core), self.ident(), false);
-        }
-    }
-}
-
-impl<R: Send + 'static> JoinSignal for JoinState<R> {
-    fn fail(&self, err: JoinError, shared: &Shared) {
-        if self.is_done() {
-            return;
-        }
-        self.set(Err(err));
-        let core = current_core();
-        shared.route_wakeup(core.as_deref(), self.ident(), false);
-    }
-}
-
-/// The handle to a spawned thread's result.
-pub struct JoinHandle<R> {
-    pub(crate) state: Arc<JoinState<R>>,
-}
-
-impl<R> fmt::Debug for JoinHandle<R> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JoinHandle")
-            .field("finished", &self.state.done.load(Ordering::Relaxed))
-            .finish()
-    }
-}
-
-impl<R: Send + 'static> JoinHandle<R> {
-    /// True once the thread has finished (or failed).
-    pub fn is_finished(&self) -> bool {
-        self.state.is_done()
-    }
-
-    pub(crate) fn take(&self) -> Result<R, JoinError> {
-        if !self.state.is_done() {
-            return Err(JoinError::NotFinished);
-        }
-        if self.state.taken.swap(true, Ordering::AcqRel) {
-            return Err(JoinError::Taken);
-        }
-        match self.state.result.lock() {
-            Ok(mut g) => g.take().unwrap_or(Err(JoinError::Taken)),
-            Err(_) => Err(JoinError::Taken),
-        }
-    }
-
-    /// The result if the thread has finished, without waiting.
-    pub fn try_join(&self) -> Result<R, JoinError> {
-        self.take()
-    }
-
-    /// Waits on an ordinary (foreign) OS thread. Fails with
-    /// [`JoinError::OnCpuThread`] on a CPU's own OS thread.
-    pub fn join_blocking(self) -> Result<R, JoinError> {
-        if current_core().is_some() {
-            return Err(JoinError::OnCpuThread);
-        }
-        let mut g = self.state.result.lock().map_err(|_| JoinError::Taken)?;
-        self.state.blocking_waiters.fetch_add(1, Ordering::SeqCst);
-        while !self.state.is_done() {
-            g = self.state.cv.wait(g).map_err(|_| JoinError::Taken)?;
-        }
-        self.state.blocking_waiters.fetch_sub(1, Ordering::SeqCst);
-        self.state.taken.store(true, Ordering::Release);
-        g.take().unwrap_or(Err(JoinError::Taken))
-    }
-}
 
 /// A cloneable, `Send` handle for spawning, waking and scheduling from anywhere
 /// (foreign threads included).
@@ -744,8 +588,8 @@ impl Machine {
         // Requests that raced with the CPUs' own final drain.
         for c in CpuId::all(sh.ncpus) {
             while let Some(req) = sh.inbox(c).pop() {
-                if let Request::Spawn(nt) = req {
-                    nt.join.fail(JoinError::Stopped, sh);
+                if let Request::Spawn(mut nt) = req {
+                    nt.task.fail(JoinError::Stopped, None, sh);
                 }
             }
         }

@@ -45,8 +45,9 @@ use dfly_core::CpuId;
 use dfly_ipi::CpuHandle;
 use slab::Slab;
 
-use crate::machine::{JoinError, JoinHandle, JoinState, Request, Shared, Spawn, SpawnError};
+use crate::machine::{JoinError, Request, Shared, Spawn, SpawnError};
 use crate::runq::RunQueue;
+use crate::task::{JoinHandle, TaskRef};
 use crate::token::{Acquire, Held, ReleaseError, TokenError, TokenRef, TokenStack};
 use crate::{Flow, Priority};
 
@@ -104,15 +105,13 @@ impl fmt::Display for ScheduleError {
 
 impl std::error::Error for ScheduleError {}
 
-/// What a thread body hands back to its scheduler when its stack ends.
+/// What a thread body hands back to its scheduler when its stack ends (the
+/// continuation of a block or migration waits in the thread's task cell).
 pub(crate) enum Step {
     Done,
-    Block { ident: usize, timeout: Option<Duration>, cont: Cont },
-    Migrate { cpu: CpuId, cont: Cont },
+    Block { ident: usize, timeout: Option<Duration> },
+    Migrate { cpu: CpuId },
 }
-
-/// A thread body or continuation.
-pub(crate) type Cont = Box<dyn for<'y> FnOnce(&mut Ctx<'y>) -> Step + Send>;
 
 /// Why a running thread handed control back to the scheduler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,10 +121,15 @@ pub(crate) enum Switch {
     TokenWait,
 }
 
-type Co = Coroutine<(), Switch, Step, DefaultStack>;
+/// A thread's stack: it owns the thread's task cell reference while it exists and
+/// hands it back with the final [`Step`].
+type Co = Coroutine<(), Switch, (Step, TaskRef), DefaultStack>;
 
+/// Where a thread's code is: to be started on a fresh stack (its task cell holds
+/// the body or continuation), suspended on its stack (which owns the cell
+/// reference meanwhile), or running.
 enum Body {
-    Fresh(Cont),
+    Fresh(TaskRef),
     Stack(Co),
     Running,
 }
@@ -152,17 +156,11 @@ struct SleepRec {
     gen: u32,
 }
 
-/// Type-erased completion of a thread's join handle.
-pub(crate) trait JoinSignal: Send + Sync {
-    fn fail(&self, err: JoinError, shared: &Shared);
-}
-
 /// A thread on its way to a CPU (spawn or migration): everything but a stack.
 pub(crate) struct NewThread {
     pub(crate) name: Option<Box<str>>,
     pub(crate) prio: Priority,
-    pub(crate) body: Cont,
-    pub(crate) join: Arc<dyn JoinSignal>,
+    pub(crate) task: TaskRef,
     pub(crate) tokens: TokenStack,
 }
 
@@ -173,7 +171,6 @@ struct Thread {
     state: State,
     body: Body,
     tokens: TokenStack,
-    join: Arc<dyn JoinSignal>,
     sleep: Option<SleepRec>,
     sleep_gen: u32,
     wake: Wake,
@@ -389,9 +386,8 @@ impl CpuCore {
             name: nt.name,
             prio: nt.prio,
             state: State::Runnable,
-            body: Body::Fresh(nt.body),
+            body: Body::Fresh(nt.task),
             tokens: nt.tokens,
-            join: nt.join,
             sleep: None,
             sleep_gen: 0,
             wake: Wake::None,
@@ -587,17 +583,17 @@ impl CpuCore {
             let uid = inner.threads[key].uid;
             let co = match body {
                 Body::Stack(co) => co,
-                Body::Fresh(cont) => match self.take_stack(&mut inner) {
+                Body::Fresh(task) => match self.take_stack(&mut inner) {
                     Ok(stack) => {
                         inner.stats.stacks_in_use += 1;
-                        let join = inner.threads[key].join.clone();
-                        self.make_coroutine(key, uid, cont, stack, join)
+                        self.make_coroutine(key, uid, task, stack)
                     }
                     Err(e) => {
                         let t = inner.threads.remove(key);
                         inner.runq.remove(key, t.prio);
                         drop(inner);
-                        t.join.fail(JoinError::NoStack(e.to_string()), &self.shared);
+                        let mut task = task;
+                        task.fail(JoinError::NoStack(e.to_string()), Some(self), &self.shared);
                         return Ran::Exited(uid);
                     }
                 },
@@ -620,18 +616,18 @@ impl CpuCore {
                     Switch::Block => Ran::Blocked(uid),
                 }
             }
-            CoroutineResult::Return(step) => {
+            CoroutineResult::Return((step, task)) => {
                 let stack = co.into_stack();
                 inner.stats.stacks_in_use -= 1;
                 self.give_stack(&mut inner, stack);
-                self.file_step(&mut inner, key, uid, step)
+                self.file_step(&mut inner, key, uid, step, task)
             }
         };
         self.maybe_publish(&mut inner);
         ran
     }
 
-    fn file_step(&self, inner: &mut Inner, key: usize, uid: u64, step: Step) -> Ran {
+    fn file_step(&self, inner: &mut Inner, key: usize, uid: u64, step: Step, task: TaskRef) -> Ran {
         match step {
             Step::Done => {
                 let t = inner.threads.remove(key);
@@ -645,10 +641,10 @@ impl CpuCore {
                 inner.stats.threads_live = inner.threads.len() as u64;
                 Ran::Exited(uid)
             }
-            Step::Block { ident, timeout, cont } => {
+            Step::Block { ident, timeout } => {
                 let now = self.now();
                 let t = &mut inner.threads[key];
-                t.body = Body::Fresh(cont);
+                t.body = Body::Fresh(task);
                 let interlocked = t.interlocked.take() == Some(ident);
                 if interlocked && t.sleep.is_none() {
                     // Woken between the interlock and the block: run on at once.
@@ -660,20 +656,15 @@ impl CpuCore {
                 self.sleep_prepare(inner, key, timeout, now);
                 Ran::Continued(uid)
             }
-            Step::Migrate { cpu, cont } => {
+            Step::Migrate { cpu } => {
                 let t = inner.threads.remove(key);
                 inner.runq.remove(key, t.prio);
                 inner.stats.threads_live = inner.threads.len() as u64;
-                let nt = NewThread {
-                    name: t.name.clone(),
-                    prio: t.prio,
-                    body: cont,
-                    join: t.join.clone(),
-                    tokens: TokenStack::default(),
-                };
-                // The token stack cannot travel with live entries (it is empty at
-                // migration: `Ctx::migrate` refuses while tokens are held).
-                drop(t);
+                // The token stack does not travel (it is empty at migration:
+                // `Ctx::migrate` refuses while tokens are held); the task cell,
+                // holding the continuation, does.
+                let nt =
+                    NewThread { name: t.name, prio: t.prio, task, tokens: TokenStack::default() };
                 self.shared.push_request(cpu, Request::Spawn(nt), Some(self));
                 Ran::Migrated(uid)
             }
@@ -730,23 +721,24 @@ impl CpuCore {
         self: &Rc<Self>,
         key: usize,
         uid: u64,
-        cont: Cont,
+        mut task: TaskRef,
         stack: DefaultStack,
-        join: Arc<dyn JoinSignal>,
     ) -> Co {
         let core = self.clone();
         Coroutine::with_stack(stack, move |y: &Yielder<(), Switch>, ()| {
-            let shared = core.shared.clone();
             let mut cx = Ctx { y, core, key, uid, _not_send: PhantomData };
-            match catch_unwind(AssertUnwindSafe(|| cont(&mut cx))) {
-                Ok(step) => step,
+            match catch_unwind(AssertUnwindSafe(|| task.run(&mut cx))) {
+                Ok(step) => (step, task),
                 Err(payload) => {
+                    let core = &cx.core;
                     if FORCE_UNWIND.with(|f| f.get()) {
-                        // Shutdown is unwinding this stack: let it through.
+                        // Shutdown is unwinding this stack (its locals are dropped by
+                        // now): fail the join and let the unwind through.
+                        task.fail(JoinError::Stopped, Some(core), &core.shared);
                         resume_unwind(payload);
                     }
-                    join.fail(JoinError::Panicked(payload), &shared);
-                    Step::Done
+                    task.fail(JoinError::Panicked(payload), Some(core), &core.shared);
+                    (Step::Done, task)
                 }
             }
         })
@@ -769,14 +761,17 @@ impl CpuCore {
             self.shared.sleep_mask(b).clear(self.id, Ordering::SeqCst);
         }
         FORCE_UNWIND.with(|f| f.set(true));
-        for t in threads {
-            t.join.fail(JoinError::Stopped, &self.shared);
+        for mut t in threads {
+            // A thread with a stack fails its join from the stack as it unwinds.
+            if let Body::Fresh(task) = &mut t.body {
+                task.fail(JoinError::Stopped, Some(self), &self.shared);
+            }
             drop(t);
         }
         FORCE_UNWIND.with(|f| f.set(false));
         while let Some(req) = self.shared.inbox(self.id).pop() {
-            if let Request::Spawn(nt) = req {
-                nt.join.fail(JoinError::Stopped, &self.shared);
+            if let Request::Spawn(mut nt) = req {
+                nt.task.fail(JoinError::Stopped, Some(self), &self.shared);
             }
         }
         let mut inner = self.inner.borrow_mut();
@@ -806,6 +801,10 @@ impl fmt::Debug for Ctx<'_> {
 }
 
 impl<'y> Ctx<'y> {
+    pub(crate) fn core(&self) -> &CpuCore {
+        &self.core
+    }
+
     /// This thread's id.
     pub fn id(&self) -> ThreadId {
         ThreadId { cpu: self.core.id, key: self.key, uid: self.uid }
@@ -1060,12 +1059,9 @@ impl<'y> Ctx<'y> {
 
     /// Waits for another thread to finish and returns its result.
     pub fn join<R: Send + 'static>(&mut self, h: JoinHandle<R>) -> Result<R, JoinError> {
-        let state: Arc<JoinState<R>> = h.state.clone();
-        if !state.is_done() {
-            let ident = state.ident();
-            state.lwkt_waiting(true);
-            let _ = self.tsleep_until(ident, None, || state.is_done());
-            state.lwkt_waiting(false);
+        if !h.lwkt_join_prepare() {
+            let ident = h.ident();
+            let _ = self.tsleep_until(ident, None, || h.is_finished());
         }
         h.take()
     }
