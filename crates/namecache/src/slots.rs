@@ -68,10 +68,13 @@ pub(crate) const F_HASHED: u32 = 1 << 16;
 /// Names up to this many bytes are stored inline in the slot.
 pub(crate) const INLINE: usize = 32;
 
-/// `lock` bits: exclusive holder, a resolve in progress, shared holders below.
+/// `lock` bits: exclusive holder, a resolve in progress, sleepers, shared holders
+/// below.
 pub(crate) const L_WRITER: u32 = 1 << 31;
 pub(crate) const L_RESOLVING: u32 = 1 << 30;
-pub(crate) const L_READERS: u32 = L_RESOLVING - 1;
+/// Someone sleeps on the wait table for this entry: the next release must wake.
+pub(crate) const L_WAITERS: u32 = 1 << 29;
+pub(crate) const L_READERS: u32 = L_WAITERS - 1;
 
 /// One entry. 88 bytes; see the module docs for who writes which field.
 #[derive(Debug, Default)]

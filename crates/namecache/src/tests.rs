@@ -948,6 +948,48 @@ fn hit_counts_are_exact_across_many_threads() {
 }
 
 #[test]
+fn entry_locks_exclude_and_wake_every_sleeper() {
+    // Writers and readers on one entry, and on a second entry that shares its
+    // wait bucket: every sleeper must be woken (a lost wakeup hangs the test,
+    // which the deadline turns into a failure) and writers must exclude everyone.
+    let (nc, _) = nc();
+    let r = nc.root();
+    let a = nc.create(&r, b"/a", 0o644).unwrap();
+    let b = (0..200)
+        .map(|i| nc.create(&r, format!("/b{i}").as_bytes(), 0o644).unwrap())
+        .find(|b| b.idx % 64 == a.idx % 64)
+        .expect("an entry in the same wait bucket");
+    let inside = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    for t in 0..8 {
+        let (a, b, inside, done) = (a.clone(), b.clone(), inside.clone(), done_tx.clone());
+        std::thread::spawn(move || {
+            for i in 0..2_000 {
+                let e = if i % 3 == 0 { &b } else { &a };
+                if (t + i) % 4 == 0 {
+                    let _g = e.lock(false);
+                    std::hint::spin_loop();
+                } else {
+                    let _g = e.lock(true);
+                    if std::ptr::eq(e, &a) {
+                        assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two writers");
+                        (0..64).for_each(|_| std::hint::spin_loop());
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+            }
+            let _ = done.send(());
+        });
+    }
+    for _ in 0..8 {
+        // A thread that panicked or sleeps forever never reports.
+        done_rx.recv_timeout(Duration::from_secs(30)).expect("a locker hung or failed");
+    }
+    // Nothing left held or announced.
+    assert_eq!(nc.c.arena.get(a.idx).lock.load(Ordering::SeqCst) & !crate::slots::L_WAITERS, 0);
+}
+
+#[test]
 fn negative_generation_makes_negatives_stale() {
     let (nc, fs) = nc();
     let r = nc.root();

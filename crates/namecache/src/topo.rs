@@ -535,26 +535,39 @@ impl Cache {
                 }
                 continue;
             }
+            // Announce the sleep in the lock word (under the bucket's mutex), then
+            // look once more: a release either comes after the announcement, sees
+            // it and wakes the bucket (taking the mutex, so not before we sleep),
+            // or came before it, and the look below sees the entry free.
             let (m, cv) = &self.waits[idx as usize % self.waits.len()];
             let g = lock(m);
-            if want(s.lock.load(Ordering::Acquire)).is_some() {
+            let now = s.lock.fetch_or(L_WAITERS, Ordering::AcqRel) | L_WAITERS;
+            if want(now).is_some() {
                 continue;
             }
             drop(cv.wait(g).unwrap_or_else(|p| p.into_inner()));
         }
     }
 
+    /// Releases with `f` (which keeps the bits it does not own). Wakes the wait
+    /// bucket only if someone announced a sleep: an uncontended release makes no
+    /// system call.
     pub(crate) fn unlock_entry(&self, idx: u32, f: impl Fn(u32) -> u32) {
         let s = self.arena.get(idx);
         let mut cur = s.lock.load(Ordering::Relaxed);
-        while let Err(now) =
-            s.lock.compare_exchange_weak(cur, f(cur), Ordering::AcqRel, Ordering::Relaxed)
-        {
+        while let Err(now) = s.lock.compare_exchange_weak(
+            cur,
+            f(cur) & !L_WAITERS,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        ) {
             cur = now;
         }
-        let (m, cv) = &self.waits[idx as usize % self.waits.len()];
-        drop(lock(m));
-        cv.notify_all();
+        if cur & L_WAITERS != 0 {
+            let (m, cv) = &self.waits[idx as usize % self.waits.len()];
+            drop(lock(m));
+            cv.notify_all();
+        }
     }
 
     pub(crate) fn backend(&self, mount: u32) -> Result<Arc<dyn Backend>, Errno> {
