@@ -39,8 +39,13 @@ impl<K: Copy + PartialEq> RunQueue<K> {
     pub(crate) fn remove(&mut self, k: K, p: Priority) -> bool {
         let l = p.get() as usize;
         let q = &mut self.levels[l];
-        let Some(i) = q.iter().position(|&x| x == k) else { return false };
-        q.remove(i);
+        if q.front() == Some(&k) {
+            // The common case: the running thread (at the head) blocks or exits.
+            q.pop_front();
+        } else {
+            let Some(i) = q.iter().position(|&x| x == k) else { return false };
+            q.remove(i);
+        }
         if q.is_empty() {
             self.mask &= !(1 << l);
         }

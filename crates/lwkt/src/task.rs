@@ -32,8 +32,19 @@
 //!
 //! A thread whose handle is already gone when it finishes (reference count 1) drops
 //! its result at once and never sets `DONE`: nobody can ask for it.
+//!
+//! # Cell memory
+//! Cells come from a small per-OS-thread cache of freed blocks in 64-byte classes
+//! (up to 512 bytes, 16-byte aligned; larger or more aligned cells go straight to
+//! the global allocator). A cell freed on a CPU's thread goes back to that CPU's
+//! cache, so a CPU that spawns and reaps threads reuses the same few blocks with no
+//! call to the allocator. Each class keeps at most [`POOL_MAX`] blocks; the rest go
+//! back to the allocator, and an OS thread's cache is emptied when it exits. This
+//! module is lwkt's one raw-allocation helper.
 #![allow(unsafe_code)]
 
+use core::alloc::Layout;
+use core::cell::RefCell;
 use core::fmt;
 use core::marker::PhantomData;
 use core::ptr::NonNull;
@@ -96,7 +107,8 @@ where
     F: FnOnce(&mut Ctx<'_>) -> Flow<R> + Send + 'static,
     R: Send + 'static,
 {
-    let cell = Box::new(Cell::<F, R> {
+    let p = cell_alloc(Layout::new::<Cell<F, R>>()).cast::<Cell<F, R>>();
+    let cell = Cell::<F, R> {
         header: Header {
             state: AtomicUsize::new(2 * REF_ONE),
             vtable: vtable::<F, R>(),
@@ -104,8 +116,10 @@ where
             cv: Condvar::new(),
         },
         stage: UnsafeCell::new(Stage::Body(body)),
-    });
-    let raw = NonNull::from(Box::leak(cell)).cast::<Header>();
+    };
+    // SAFETY: `p` is a fresh block with the size and alignment of `Cell<F, R>`.
+    unsafe { p.as_ptr().write(cell) };
+    let raw = p.cast::<Header>();
     (TaskRef { raw }, JoinHandle { raw, _r: PhantomData })
 }
 
@@ -255,9 +269,105 @@ unsafe fn read<F, R>(raw: NonNull<Header>, out: *mut ()) {
 /// # Safety
 /// The last reference is gone; `raw` is a `Cell<F, R>` made by [`new`].
 unsafe fn dealloc<F, R>(raw: NonNull<Header>) {
-    // SAFETY: made by `Box::leak` in `new` with this type, and nobody else can
-    // reach it any more.
-    drop(unsafe { Box::from_raw(raw.cast::<Cell<F, R>>().as_ptr()) });
+    let p = raw.cast::<Cell<F, R>>();
+    // SAFETY: a live, initialised `Cell<F, R>` that nobody else can reach any more.
+    unsafe { core::ptr::drop_in_place(p.as_ptr()) };
+    // SAFETY: allocated by `cell_alloc` with this layout (in `new`), dropped above.
+    unsafe { cell_free(p.cast(), Layout::new::<Cell<F, R>>()) };
+}
+
+// ---- cell memory ----------------------------------------------------------------------
+
+/// Size classes of cached cell blocks: 64, 128, ... bytes.
+const CLASS_SHIFT: u32 = 6;
+/// Number of classes (so the largest cached block is 512 bytes).
+const CLASSES: usize = 8;
+/// Alignment of every cached block.
+const CLASS_ALIGN: usize = 16;
+/// Blocks kept per class per OS thread.
+const POOL_MAX: usize = 64;
+
+/// One OS thread's cached blocks, by class.
+struct Pool {
+    free: [Vec<NonNull<u8>>; CLASSES],
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for (c, list) in self.free.iter_mut().enumerate() {
+            for p in list.drain(..) {
+                // SAFETY: every cached block was allocated by `raw_alloc` with its
+                // class layout and is owned by this cache alone.
+                unsafe { raw_free(p, class_layout(c)) };
+            }
+        }
+    }
+}
+
+std::thread_local! {
+    static POOL: RefCell<Pool> = const {
+        RefCell::new(Pool { free: [const { Vec::new() }; CLASSES] })
+    };
+}
+
+/// The cache class serving `layout`, if any.
+fn class_of(layout: Layout) -> Option<usize> {
+    let c = (layout.size().max(1) - 1) >> CLASS_SHIFT;
+    (c < CLASSES && layout.align() <= CLASS_ALIGN).then_some(c)
+}
+
+fn class_layout(c: usize) -> Layout {
+    // A constant power-of-two alignment and a small multiple of it: always valid.
+    Layout::from_size_align((c + 1) << CLASS_SHIFT, CLASS_ALIGN).unwrap_or(Layout::new::<u8>())
+}
+
+/// A block for a cell of `layout`: from this OS thread's cache if it has one.
+fn cell_alloc(layout: Layout) -> NonNull<u8> {
+    let Some(c) = class_of(layout) else { return raw_alloc(layout) };
+    let cached =
+        POOL.try_with(|p| p.try_borrow_mut().ok().and_then(|mut p| p.free[c].pop())).ok().flatten();
+    cached.unwrap_or_else(|| raw_alloc(class_layout(c)))
+}
+
+/// Gives back a block from [`cell_alloc`].
+///
+/// # Safety
+/// `p` came from `cell_alloc(layout)`, its contents are dropped, and it is not used
+/// again.
+unsafe fn cell_free(p: NonNull<u8>, layout: Layout) {
+    let Some(c) = class_of(layout) else {
+        // SAFETY: allocated by `raw_alloc(layout)` (no class), per the contract.
+        return unsafe { raw_free(p, layout) };
+    };
+    let kept = POOL
+        .try_with(|pool| match pool.try_borrow_mut() {
+            Ok(mut pool) if pool.free[c].len() < POOL_MAX => {
+                pool.free[c].push(p);
+                true
+            }
+            _ => false,
+        })
+        .unwrap_or(false);
+    if !kept {
+        // SAFETY: allocated with the class layout, per the contract.
+        unsafe { raw_free(p, class_layout(c)) };
+    }
+}
+
+/// The global allocator, for `layout` (never zero-sized here: a cell has a header).
+#[allow(clippy::disallowed_methods)] // this module is lwkt's raw-allocation helper
+fn raw_alloc(layout: Layout) -> NonNull<u8> {
+    // SAFETY: `layout` has a non-zero size (every cell and class does).
+    let p = unsafe { std::alloc::alloc(layout) };
+    NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout))
+}
+
+/// # Safety
+/// `p` came from [`raw_alloc`] with `layout` and is not used again.
+#[allow(clippy::disallowed_methods)] // this module is lwkt's raw-allocation helper
+unsafe fn raw_free(p: NonNull<u8>, layout: Layout) {
+    // SAFETY: the caller's contract.
+    unsafe { std::alloc::dealloc(p.as_ptr(), layout) }
 }
 
 /// The thread's own reference to its task cell (in its record, or in the spawn

@@ -742,3 +742,65 @@ fn deschedule_parks_a_runnable_thread_until_scheduled() {
     assert_eq!(a, b, "a descheduled thread does not run");
     assert!(c > b, "scheduling it again lets it run");
 }
+
+// ---- task cells -------------------------------------------------------------------------
+
+#[test]
+fn task_cells_give_each_result_once_and_drop_everything() {
+    let drops = Arc::new(AtomicUsize::new(0));
+    let mut sim = Machine::simulated(2, 5).unwrap();
+    // Joined by try_join: once, then Taken.
+    let d = drops.clone();
+    let h = sim.spawn(Spawn::on_cpu(0), move |_| DropCount(d)).unwrap();
+    assert!(matches!(h.try_join(), Err(JoinError::NotFinished)));
+    // Detached (handle dropped before and after the thread runs), with results and
+    // bodies of several cell sizes (cached classes and a large one).
+    for i in 0..40usize {
+        let d = drops.clone();
+        let pad = [i as u8; 700];
+        let big = i % 4 == 0;
+        let hh = sim
+            .spawn(Spawn::on_cpu(i % 2), move |cx| {
+                cx.yield_now();
+                if big {
+                    black_box_len(&pad);
+                }
+                DropCount(d)
+            })
+            .unwrap();
+        if i % 2 == 0 {
+            drop(hh);
+        } else {
+            sim.run().unwrap();
+            drop(hh);
+        }
+    }
+    // A joiner on a CPU, across CPUs, of a thread that panics.
+    let j = sim
+        .spawn(Spawn::on_cpu(1), |cx| {
+            let c = cx.spawn(Spawn::on_cpu(0), |_| -> u8 { panic!("cell") }).unwrap();
+            matches!(cx.join(c), Err(JoinError::Panicked(_)))
+        })
+        .unwrap();
+    sim.run().unwrap();
+    assert!(j.try_join().unwrap());
+    let r = h.try_join().unwrap();
+    assert!(matches!(h.try_join(), Err(JoinError::Taken)));
+    drop(r);
+    assert_eq!(drops.load(Ordering::SeqCst), 41, "every result dropped exactly once");
+    // A body that never runs is dropped when the machine stops.
+    let d = drops.clone();
+    let dc = DropCount(d);
+    let never = sim
+        .spawn(Spawn::on_cpu(0), move |_| {
+            let _keep = &dc;
+        })
+        .unwrap();
+    sim.stop();
+    assert!(matches!(never.try_join(), Err(JoinError::Stopped)));
+    assert_eq!(drops.load(Ordering::SeqCst), 42);
+}
+
+fn black_box_len(b: &[u8]) -> usize {
+    std::hint::black_box(b).len()
+}
