@@ -31,7 +31,6 @@ use crate::sched::{
     current_core, set_current_core, CpuCore, NewThread, Ran, SchedStats, ScheduleError, ThreadId,
 };
 pub use crate::task::JoinHandle;
-use crate::token::TokenStack;
 use crate::{Ctx, Flow, Priority};
 
 /// Number of sleep buckets (ident hash classes with a CPU mask each).
@@ -234,12 +233,7 @@ impl Shared {
             return Err(SpawnError::Stopped);
         }
         let (task, handle) = crate::task::new(body);
-        let nt = NewThread {
-            name: opts.name.map(String::into_boxed_str),
-            prio: opts.prio,
-            task,
-            tokens: TokenStack::default(),
-        };
+        let nt = NewThread { name: opts.name.map(String::into_boxed_str), prio: opts.prio, task };
         match from {
             Some(core) if core.id == cpu => core.adopt(nt),
             _ => self.push_request(cpu, Request::Spawn(nt), from),

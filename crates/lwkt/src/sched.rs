@@ -43,7 +43,6 @@ use dfly_core::clock::Timestamp;
 use dfly_core::sync::atomic::{fence, Ordering};
 use dfly_core::CpuId;
 use dfly_ipi::CpuHandle;
-use slab::Slab;
 
 use crate::machine::{JoinError, Request, Shared, Spawn, SpawnError};
 use crate::runq::RunQueue;
@@ -161,10 +160,11 @@ pub(crate) struct NewThread {
     pub(crate) name: Option<Box<str>>,
     pub(crate) prio: Priority,
     pub(crate) task: TaskRef,
-    pub(crate) tokens: TokenStack,
 }
 
+/// A thread's record. Records live in [`Threads`] slots that are reused in place.
 struct Thread {
+    /// Unique per thread on this CPU; 0 marks a free slot.
     uid: u64,
     name: Option<Box<str>>,
     prio: Priority,
@@ -175,6 +175,101 @@ struct Thread {
     sleep_gen: u32,
     wake: Wake,
     interlocked: Option<usize>,
+}
+
+/// The CPU's thread records, by key. A thread that ends leaves its slot in place
+/// (fields reset, the token stack's buffer kept) and a new thread fills a free slot
+/// field by field, so neither moves a whole record.
+struct Threads {
+    slots: Vec<Thread>,
+    free: Vec<usize>,
+    len: usize,
+}
+
+impl Threads {
+    fn new() -> Self {
+        Threads { slots: Vec::new(), free: Vec::new(), len: 0 }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get(&self, key: usize) -> Option<&Thread> {
+        self.slots.get(key).filter(|t| t.uid != 0)
+    }
+
+    fn get_mut(&mut self, key: usize) -> Option<&mut Thread> {
+        self.slots.get_mut(key).filter(|t| t.uid != 0)
+    }
+
+    /// Keys of the live threads.
+    fn keys(&self) -> impl Iterator<Item = usize> + '_ {
+        self.slots.iter().enumerate().filter(|(_, t)| t.uid != 0).map(|(k, _)| k)
+    }
+
+    /// A new runnable thread with a fresh body; returns its key.
+    fn insert(&mut self, uid: u64, nt: NewThread) -> usize {
+        debug_assert!(uid != 0);
+        self.len += 1;
+        let Some(key) = self.free.pop() else {
+            self.slots.push(Thread {
+                uid,
+                name: nt.name,
+                prio: nt.prio,
+                state: State::Runnable,
+                body: Body::Fresh(nt.task),
+                tokens: TokenStack::default(),
+                sleep: None,
+                sleep_gen: 0,
+                wake: Wake::None,
+                interlocked: None,
+            });
+            return self.slots.len() - 1;
+        };
+        // A free slot already has the reset values of the other fields.
+        let t = &mut self.slots[key];
+        t.uid = uid;
+        t.name = nt.name;
+        t.prio = nt.prio;
+        t.state = State::Runnable;
+        t.body = Body::Fresh(nt.task);
+        t.sleep_gen = 0;
+        key
+    }
+
+    /// Ends `key`'s record: resets it in place and frees the slot. Returns the name
+    /// (for a migration).
+    fn release(&mut self, key: usize) -> Option<Box<str>> {
+        let t = &mut self.slots[key];
+        debug_assert!(t.uid != 0);
+        t.uid = 0;
+        t.body = Body::Running;
+        t.tokens.clear();
+        t.sleep = None;
+        t.wake = Wake::None;
+        t.interlocked = None;
+        self.free.push(key);
+        self.len -= 1;
+        t.name.take()
+    }
+}
+
+impl core::ops::Index<usize> for Threads {
+    type Output = Thread;
+    fn index(&self, key: usize) -> &Thread {
+        let t = &self.slots[key];
+        debug_assert!(t.uid != 0, "no thread {key}");
+        t
+    }
+}
+
+impl core::ops::IndexMut<usize> for Threads {
+    fn index_mut(&mut self, key: usize) -> &mut Thread {
+        let t = &mut self.slots[key];
+        debug_assert!(t.uid != 0, "no thread {key}");
+        t
+    }
 }
 
 /// Per-CPU counters (the owner writes, anyone reads a snapshot).
@@ -223,7 +318,7 @@ pub(crate) enum Ran {
 const STACK_POOL_MAX: usize = 64;
 
 pub(crate) struct Inner {
-    threads: Slab<Thread>,
+    threads: Threads,
     runq: RunQueue<usize>,
     sleepq: HashMap<usize, VecDeque<(usize, u32)>>,
     bucket_sleepers: Vec<u32>,
@@ -269,7 +364,7 @@ impl CpuCore {
             shared,
             ipi,
             inner: RefCell::new(Inner {
-                threads: Slab::new(),
+                threads: Threads::new(),
                 runq: RunQueue::new(),
                 sleepq: HashMap::new(),
                 bucket_sleepers: vec![0; crate::machine::SLEEP_BUCKETS],
@@ -381,19 +476,9 @@ impl CpuCore {
         let mut inner = self.inner.borrow_mut();
         let uid = inner.next_uid;
         inner.next_uid += 1;
-        let key = inner.threads.insert(Thread {
-            uid,
-            name: nt.name,
-            prio: nt.prio,
-            state: State::Runnable,
-            body: Body::Fresh(nt.task),
-            tokens: nt.tokens,
-            sleep: None,
-            sleep_gen: 0,
-            wake: Wake::None,
-            interlocked: None,
-        });
-        inner.runq.push_back(key, nt.prio);
+        let prio = nt.prio;
+        let key = inner.threads.insert(uid, nt);
+        inner.runq.push_back(key, prio);
         inner.stats.threads_created += 1;
         inner.stats.threads_live = inner.threads.len() as u64;
         self.maybe_publish(&mut inner);
@@ -589,8 +674,9 @@ impl CpuCore {
                         self.make_coroutine(key, uid, task, stack)
                     }
                     Err(e) => {
-                        let t = inner.threads.remove(key);
-                        inner.runq.remove(key, t.prio);
+                        let prio = inner.threads[key].prio;
+                        inner.runq.remove(key, prio);
+                        inner.threads.release(key);
                         drop(inner);
                         let mut task = task;
                         task.fail(JoinError::NoStack(e.to_string()), Some(self), &self.shared);
@@ -630,13 +716,16 @@ impl CpuCore {
     fn file_step(&self, inner: &mut Inner, key: usize, uid: u64, step: Step, task: TaskRef) -> Ran {
         match step {
             Step::Done => {
-                let t = inner.threads.remove(key);
-                inner.runq.remove(key, t.prio);
-                if let Some(rec) = t.sleep {
+                let t = &inner.threads[key];
+                let (prio, sleep) = (t.prio, t.sleep);
+                inner.runq.remove(key, prio);
+                if let Some(rec) = sleep {
                     if let Some(ident) = rec.ident {
                         self.unqueue(inner, ident, key, rec.gen);
                     }
                 }
+                inner.threads.release(key);
+                drop(task);
                 inner.stats.threads_exited += 1;
                 inner.stats.threads_live = inner.threads.len() as u64;
                 Ran::Exited(uid)
@@ -657,14 +746,14 @@ impl CpuCore {
                 Ran::Continued(uid)
             }
             Step::Migrate { cpu } => {
-                let t = inner.threads.remove(key);
-                inner.runq.remove(key, t.prio);
-                inner.stats.threads_live = inner.threads.len() as u64;
+                let prio = inner.threads[key].prio;
+                inner.runq.remove(key, prio);
                 // The token stack does not travel (it is empty at migration:
                 // `Ctx::migrate` refuses while tokens are held); the task cell,
                 // holding the continuation, does.
-                let nt =
-                    NewThread { name: t.name, prio: t.prio, task, tokens: TokenStack::default() };
+                let name = inner.threads.release(key);
+                inner.stats.threads_live = inner.threads.len() as u64;
+                let nt = NewThread { name, prio, task };
                 self.shared.push_request(cpu, Request::Spawn(nt), Some(self));
                 Ran::Migrated(uid)
             }
@@ -747,26 +836,32 @@ impl CpuCore {
     /// Tears down every thread (shutdown): suspended stacks are unwound, so their
     /// destructors run; every join handle learns the machine stopped.
     pub(crate) fn shutdown(&self) {
-        let threads: Vec<Thread> = {
+        let bodies: Vec<Body> = {
             let mut inner = self.inner.borrow_mut();
             inner.timers.clear();
             inner.sleepq.clear();
             for b in inner.bucket_sleepers.iter_mut() {
                 *b = 0;
             }
-            let keys: Vec<usize> = inner.threads.iter().map(|(k, _)| k).collect();
-            keys.into_iter().map(|k| inner.threads.remove(k)).collect()
+            let keys: Vec<usize> = inner.threads.keys().collect();
+            keys.into_iter()
+                .map(|k| {
+                    let body = core::mem::replace(&mut inner.threads[k].body, Body::Running);
+                    inner.threads.release(k);
+                    body
+                })
+                .collect()
         };
         for b in 0..crate::machine::SLEEP_BUCKETS {
             self.shared.sleep_mask(b).clear(self.id, Ordering::SeqCst);
         }
         FORCE_UNWIND.with(|f| f.set(true));
-        for mut t in threads {
+        for mut body in bodies {
             // A thread with a stack fails its join from the stack as it unwinds.
-            if let Body::Fresh(task) = &mut t.body {
+            if let Body::Fresh(task) = &mut body {
                 task.fail(JoinError::Stopped, Some(self), &self.shared);
             }
-            drop(t);
+            drop(body);
         }
         FORCE_UNWIND.with(|f| f.set(false));
         while let Some(req) = self.shared.inbox(self.id).pop() {

@@ -388,6 +388,12 @@ impl TokenStack {
     }
 
     /// Releases every atomic hold (the thread is switching out); the entries stay.
+    /// Releases every hold and forgets them (a thread's record is reused).
+    pub(crate) fn clear(&mut self) {
+        self.release_all();
+        self.entries.clear();
+    }
+
     pub(crate) fn release_all(&mut self) {
         for e in self.entries.iter_mut().rev() {
             if e.owns && e.acquired {
