@@ -984,7 +984,10 @@ impl Namecache {
             return None;
         }
         let fs = c.arena.get(from);
-        let fseq = fs.seq.load(Ordering::Acquire);
+        // The root's slot is never freed or reused, so one look at its state
+        // does; another start could have been removed (its slot reused) while we
+        // climbed, so its sequence brackets the look.
+        let fseq = if from == c.root { 0 } else { fs.seq.load(Ordering::Acquire) };
         if fseq & 1 != 0
             || fs.meta.load(Ordering::Relaxed) & 0xff != C_DIR
             || fs.covered_by.load(Ordering::Acquire) != 0
@@ -992,7 +995,7 @@ impl Namecache {
             return None;
         }
         fence(Ordering::Acquire);
-        if fs.seq.load(Ordering::Relaxed) != fseq
+        if (from != c.root && fs.seq.load(Ordering::Relaxed) != fseq)
             || xs.seq.load(Ordering::Relaxed) != snap.seq
             || c.rename_seq.load(Ordering::Relaxed) != r0
         {

@@ -55,13 +55,6 @@ pub(crate) struct RevComponents<'a> {
     slashes: Option<u64>,
 }
 
-/// Bits `0..n` set, for `n` in `1..=64` (no branch: at 64 the shift empties
-/// the word and the subtraction wraps to all ones).
-#[inline(always)]
-fn low(n: usize) -> u64 {
-    (2u64 << (n - 1)).wrapping_sub(1)
-}
-
 impl<'a> Iterator for RevComponents<'a> {
     /// The component, and its first (up to) 8 bytes as a little-endian word.
     type Item = (&'a [u8], u64);
@@ -69,25 +62,35 @@ impl<'a> Iterator for RevComponents<'a> {
     #[inline(always)]
     fn next(&mut self) -> Option<(&'a [u8], u64)> {
         let (start, end) = match self.slashes {
-            Some(_) if self.end == 0 => return None,
-            Some(m) => {
-                // The last byte before `end` that is not a slash ends the
-                // component; the last slash before that starts it.
-                let rest = !m & low(self.end);
-                if rest == 0 {
+            // The slashes not yet passed, highest first: each one starts the
+            // component that ends where the previous one was; an empty component
+            // (a doubled or trailing slash) is skipped.
+            Some(ref mut m) => loop {
+                let end = self.end;
+                if end == 0 {
                     return None;
                 }
-                let end = 64 - rest.leading_zeros() as usize;
-                let before = m & low(end);
-                (if before == 0 { 0 } else { 64 - before.leading_zeros() as usize }, end)
-            }
+                let start = if *m == 0 {
+                    self.end = 0;
+                    0
+                } else {
+                    let h = 63 - m.leading_zeros() as usize;
+                    *m ^= 1 << h;
+                    self.end = h;
+                    h + 1
+                };
+                if start < end {
+                    break (start, end);
+                }
+            },
             None => {
                 let p = &self.path[..self.end];
                 let end = p.iter().rposition(|&b| b != b'/')? + 1;
-                (p[..end].iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1), end)
+                let start = p[..end].iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
+                self.end = start;
+                (start, end)
             }
         };
-        self.end = start;
         let comp = &self.path[start..end];
         let w0 = if comp.len() <= 8 {
             word_ending_at(self.path, end, comp.len())
