@@ -23,11 +23,13 @@ impl<K: Copy + PartialEq> RunQueue<K> {
     }
 
     /// Number of queued threads.
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     /// Appends `k` at the tail of level `p`.
+    #[inline]
     pub(crate) fn push_back(&mut self, k: K, p: Priority) {
         let l = p.get() as usize;
         self.levels[l].push_back(k);
@@ -36,6 +38,7 @@ impl<K: Copy + PartialEq> RunQueue<K> {
     }
 
     /// Removes `k` from level `p`; false if it was not there.
+    #[inline]
     pub(crate) fn remove(&mut self, k: K, p: Priority) -> bool {
         let l = p.get() as usize;
         let q = &mut self.levels[l];
@@ -94,6 +97,7 @@ impl<K: Copy + PartialEq> RunQueue<K> {
     }
 
     /// The first thread in run order.
+    #[inline]
     pub(crate) fn head(&self) -> Option<K> {
         if self.mask == 0 {
             return None;

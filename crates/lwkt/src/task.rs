@@ -149,7 +149,12 @@ unsafe fn release(raw: NonNull<Header>) {
     // SAFETY: the caller's reference keeps the cell alive until this decrement.
     let h = unsafe { header(raw) };
     let vtable = h.vtable;
-    if h.state.fetch_sub(REF_ONE, Ordering::AcqRel) < 2 * REF_ONE {
+    // The caller's reference is the only one left: nobody else can add or drop
+    // one (no reference is ever cloned), so skip the read-modify-write. Acquire
+    // pairs with the other holder's releasing decrement.
+    let last = h.state.load(Ordering::Acquire) < 2 * REF_ONE
+        || h.state.fetch_sub(REF_ONE, Ordering::AcqRel) < 2 * REF_ONE;
+    if last {
         // SAFETY: that was the last reference (AcqRel: every other holder's accesses
         // happened before), so nobody else can reach the cell.
         unsafe { (vtable.dealloc)(raw) }
