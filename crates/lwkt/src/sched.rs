@@ -238,14 +238,15 @@ impl Threads {
         key
     }
 
-    /// Ends `key`'s record: resets it in place and frees the slot. Returns the name
-    /// (for a migration).
+    /// Ends `key`'s record (its body already taken out: `Body::Running`): resets it
+    /// in place and frees the slot. Returns the name (for a migration).
     fn release(&mut self, key: usize) -> Option<Box<str>> {
         let t = &mut self.slots[key];
-        debug_assert!(t.uid != 0);
+        debug_assert!(t.uid != 0 && matches!(t.body, Body::Running));
         t.uid = 0;
-        t.body = Body::Running;
-        t.tokens.clear();
+        if t.tokens.len() > 0 {
+            t.tokens.clear();
+        }
         t.sleep = None;
         t.wake = Wake::None;
         t.interlocked = None;

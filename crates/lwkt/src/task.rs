@@ -223,9 +223,9 @@ unsafe fn finish<F, R>(
         return;
     }
     if st < 2 * REF_ONE {
-        // Only the thread's own reference is left: no handle, nobody can join.
-        // SAFETY: the owner's exclusive access before DONE (the caller's contract).
-        cell.stage.with_mut(|s| unsafe { *s = Stage::Taken });
+        // Only the thread's own reference is left: no handle, nobody can join. The
+        // stage (a body or continuation, on failure) goes with the cell when the
+        // owner drops that reference.
         drop(r);
         return;
     }
