@@ -53,7 +53,6 @@
 //! under `topo`.
 
 use core::fmt;
-use std::collections::HashMap;
 
 use dfly_core::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use dfly_core::sync::{Condvar, Mutex, MutexGuard};
@@ -64,6 +63,7 @@ use std::sync::Arc;
 
 use crate::backend::{Attr, Backend, Ino, Kind};
 use crate::hints::{Hints, Scan};
+use crate::idmap::IdMap;
 use crate::slots::*;
 use crate::topo::Topo;
 use crate::Errno;
@@ -160,7 +160,7 @@ pub(crate) struct Mount {
 }
 
 /// Symbolic link targets by slot, with the slot sequence they were read at.
-pub(crate) type LinkCache = HashMap<u32, (u32, Arc<[u8]>)>;
+pub(crate) type LinkCache = IdMap<u32, (u32, Arc<[u8]>)>;
 
 pub(crate) struct Cache {
     pub(crate) arena: Arena,
@@ -170,15 +170,17 @@ pub(crate) struct Cache {
     pub(crate) reap_q: Mutex<Vec<u32>>,
     pub(crate) rename_seq: AtomicU32,
     pub(crate) neg_gen: AtomicU32,
-    pub(crate) mounts: Mutex<HashMap<u32, Mount>>,
+    pub(crate) mounts: Mutex<IdMap<u32, Mount>>,
     pub(crate) next_mount: AtomicU32,
     pub(crate) rename_lock: Mutex<()>,
-    pub(crate) long_names: Mutex<HashMap<u32, Box<[u8]>>>,
+    pub(crate) long_names: Mutex<IdMap<u32, Box<[u8]>>>,
     pub(crate) symlinks: Mutex<LinkCache>,
     pub(crate) waits: Box<[(Mutex<()>, Condvar)]>,
     pub(crate) stripes: Box<[CachePadded<Stripe>]>,
     pub(crate) limits: Limits,
     pub(crate) root: u32,
+    /// The root mount's backend (mount 0, never removed), also in `mounts`.
+    pub(crate) root_backend: Arc<dyn Backend>,
 }
 
 /// One reference stripe: handles made by one group of threads count their
@@ -479,11 +481,11 @@ impl Namecache {
             reap_q: Mutex::new(Vec::new()),
             rename_seq: AtomicU32::new(0),
             neg_gen: AtomicU32::new(1),
-            mounts: Mutex::new(HashMap::new()),
+            mounts: Mutex::new(IdMap::default()),
             next_mount: AtomicU32::new(1),
             rename_lock: Mutex::new(()),
-            long_names: Mutex::new(HashMap::new()),
-            symlinks: Mutex::new(HashMap::new()),
+            long_names: Mutex::new(IdMap::default()),
+            symlinks: Mutex::new(IdMap::default()),
             waits: (0..64).map(|_| (Mutex::new(()), Condvar::new())).collect(),
             stripes: (0..OWNED_STRIPES + SHARED_STRIPES)
                 .map(|_| CachePadded::new(Stripe::default()))
@@ -494,6 +496,7 @@ impl Namecache {
                 entries: limits.entries.max(1),
             },
             root: 0,
+            root_backend: backend.clone(),
         };
         {
             let mut t = lock(&c.topo);
@@ -502,7 +505,7 @@ impl Namecache {
         }
         // The cache's own reference on the root.
         c.arena.get(0).refs.fetch_add(1, Ordering::Relaxed);
-        lock(&c.mounts).insert(0, Mount { backend, root: 0, over: None });
+        lock(&c.mounts).insert(0, Mount { backend: backend.clone(), root: 0, over: None });
         let c = Arc::new(c);
         let handles: Arc<[Arc<CachePadded<Handle>>]> =
             (0..STRIPES).map(|_| Arc::new(CachePadded::new(Handle { c: c.clone() }))).collect();

@@ -43,6 +43,7 @@ mod cache;
 mod errno;
 mod hints;
 mod hostfs;
+mod idmap;
 mod memfs;
 mod ops;
 mod slots;

@@ -4,7 +4,9 @@
 //! One mutex guards the whole tree; the namecache in front of it is what makes
 //! lookups fast, and this backend is the reference the namecache is tested against.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use crate::idmap::IdMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -26,7 +28,7 @@ struct Node {
 /// check how often the namecache asks).
 #[derive(Debug)]
 pub struct MemFs {
-    nodes: Mutex<(HashMap<Ino, Node>, Ino)>,
+    nodes: Mutex<(IdMap<Ino, Node>, Ino)>,
     lookups: AtomicU64,
 }
 
@@ -41,7 +43,7 @@ impl Default for MemFs {
 impl MemFs {
     /// An empty filesystem (just the root directory).
     pub fn new() -> MemFs {
-        let mut m = HashMap::new();
+        let mut m = IdMap::default();
         m.insert(
             ROOT,
             Node {
@@ -62,7 +64,7 @@ impl MemFs {
         self.lookups.load(Ordering::SeqCst)
     }
 
-    fn with<R>(&self, f: impl FnOnce(&mut HashMap<Ino, Node>, &mut Ino) -> R) -> R {
+    fn with<R>(&self, f: impl FnOnce(&mut IdMap<Ino, Node>, &mut Ino) -> R) -> R {
         let mut g = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
         let (m, next) = &mut *g;
         f(m, next)
@@ -78,7 +80,7 @@ fn attr(ino: Ino, n: &Node) -> Attr {
     Attr { ino, kind: n.kind, nlink: n.nlink, size, mode: n.mode }
 }
 
-fn dir_mut(m: &mut HashMap<Ino, Node>, dir: Ino) -> Result<&mut Node, Errno> {
+fn dir_mut(m: &mut IdMap<Ino, Node>, dir: Ino) -> Result<&mut Node, Errno> {
     match m.get_mut(&dir) {
         Some(n) if n.kind == Kind::Dir => Ok(n),
         Some(_) => Err(Errno::NotDir),
@@ -87,7 +89,7 @@ fn dir_mut(m: &mut HashMap<Ino, Node>, dir: Ino) -> Result<&mut Node, Errno> {
 }
 
 fn add(
-    m: &mut HashMap<Ino, Node>,
+    m: &mut IdMap<Ino, Node>,
     next: &mut Ino,
     dir: Ino,
     name: &[u8],
@@ -119,7 +121,7 @@ fn add(
     Ok(a)
 }
 
-fn drop_link(m: &mut HashMap<Ino, Node>, ino: Ino) {
+fn drop_link(m: &mut IdMap<Ino, Node>, ino: Ino) {
     if let Some(n) = m.get_mut(&ino) {
         n.nlink = n.nlink.saturating_sub(if n.kind == Kind::Dir { 2 } else { 1 });
         if n.nlink == 0 {
@@ -323,7 +325,7 @@ impl Backend for MemFs {
 /// The largest file this backend holds (it keeps data in memory).
 const MAX_FILE: usize = 1 << 30;
 
-fn file(m: &mut HashMap<Ino, Node>, ino: Ino) -> Result<&mut Node, Errno> {
+fn file(m: &mut IdMap<Ino, Node>, ino: Ino) -> Result<&mut Node, Errno> {
     match m.get_mut(&ino) {
         Some(n) if n.kind == Kind::File => Ok(n),
         Some(n) if n.kind == Kind::Dir => Err(Errno::IsDir),
@@ -332,6 +334,6 @@ fn file(m: &mut HashMap<Ino, Node>, ino: Ino) -> Result<&mut Node, Errno> {
     }
 }
 
-fn dn_is_dir(m: &HashMap<Ino, Node>, ino: Ino) -> bool {
+fn dn_is_dir(m: &IdMap<Ino, Node>, ino: Ino) -> bool {
     m.get(&ino).is_some_and(|n| n.kind == Kind::Dir)
 }

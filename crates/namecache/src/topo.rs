@@ -23,7 +23,7 @@
 //! differing from the indexed negative entries; an eviction pass longer than its
 //! queue.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 
 use std::sync::Arc;
 
@@ -34,6 +34,7 @@ use crate::backend::Backend;
 use crate::cache::{
     attr_of, kind_code, lock, Cache, Namecache, State, Stripe, OWNED_STRIPES, SHARED_STRIPES,
 };
+use crate::idmap::{IdMap, IdSet};
 use crate::slots::*;
 use crate::Errno;
 
@@ -51,7 +52,7 @@ pub(crate) struct Topo {
     negatives: usize,
     /// Negative entries as (slot, seq when it became negative), oldest first.
     neg_order: VecDeque<(u32, u32)>,
-    per_parent: HashMap<u32, ParentNeg>,
+    per_parent: IdMap<u32, ParentNeg>,
     /// Slots that became positive, oldest first (stale records are skipped).
     pos_order: VecDeque<u32>,
 }
@@ -68,6 +69,23 @@ impl Topo {
             + self.neg_order.capacity() * 8
             + self.per_parent.values().map(|p| p.q.capacity() * 8).sum::<usize>();
         (self.negatives, self.idx.live, queues)
+    }
+}
+
+/// A mount's backend, borrowed from the cache (the root mount) or counted.
+pub(crate) enum BackendRef<'a> {
+    Root(&'a dyn Backend),
+    Mounted(Arc<dyn Backend>),
+}
+
+impl std::ops::Deref for BackendRef<'_> {
+    type Target = dyn Backend;
+
+    fn deref(&self) -> &(dyn Backend + 'static) {
+        match self {
+            BackendRef::Root(b) => *b,
+            BackendRef::Mounted(b) => &**b,
+        }
     }
 }
 
@@ -130,9 +148,19 @@ impl Cache {
     }
 
     pub(crate) fn drain_reaps(&self, t: &mut Topo) {
-        let q = std::mem::take(&mut *lock(&self.reap_q));
-        for idx in q {
+        let mut q = std::mem::take(&mut *lock(&self.reap_q));
+        if q.is_empty() {
+            return;
+        }
+        for &idx in &q {
             self.reap_locked(t, idx);
+        }
+        // Hand the emptied buffer back (unless more arrived meanwhile), so the
+        // next queued reap does not allocate.
+        q.clear();
+        let mut g = lock(&self.reap_q);
+        if g.is_empty() {
+            *g = q;
         }
     }
 
@@ -224,8 +252,18 @@ impl Cache {
 
     /// The hash of an indexed slot (mutex held).
     pub(crate) fn rehash(&self, i: u32) -> u64 {
-        let (p, n) = self.name_of(i);
-        self.index.hash(p, &n)
+        let s = self.arena.get(i);
+        loop {
+            let a = self.snap(i);
+            if a.len() > INLINE {
+                let (p, n) = self.name_of(i);
+                return self.index.hash(p, &n);
+            }
+            let h = self.rehash_snap(i, &a);
+            if s.seq.load(Ordering::Acquire) == a.seq {
+                return h;
+            }
+        }
     }
 
     /// (parent, name) of a slot, consistent with each other.
@@ -293,11 +331,15 @@ impl Cache {
     }
 
     pub(crate) fn rehash_snap(&self, idx: u32, old: &Snap) -> u64 {
-        let name = if old.len() <= INLINE {
-            unpack(&old.words, old.len())
-        } else {
-            lock(&self.long_names).get(&idx).map(|n| n.to_vec()).unwrap_or_default()
-        };
+        if old.len() <= INLINE {
+            // Unpacked on the stack: no allocation for an inline name.
+            let mut b = [0u8; INLINE];
+            for (i, w) in old.words.iter().enumerate() {
+                b[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+            }
+            return self.index.hash(old.parent, &b[..old.len()]);
+        }
+        let name = lock(&self.long_names).get(&idx).map(|n| n.to_vec()).unwrap_or_default();
         self.index.hash(old.parent, &name)
     }
 
@@ -359,8 +401,8 @@ impl Cache {
             }
         }
         if t.neg_order.len() > 2 * t.negatives + 64 {
-            let q = std::mem::take(&mut t.neg_order);
-            t.neg_order = q.into_iter().filter(|&(i, s)| self.neg_current(i, s)).collect();
+            // In place, keeping the buffer.
+            t.neg_order.retain(|&(i, s)| self.neg_current(i, s));
         }
         let pcap = self.limits.negative_per_parent;
         let Some(live) = t.per_parent.get(&parent).map(|p| p.live) else { return };
@@ -409,7 +451,7 @@ impl Cache {
             }
         }
         if t.pos_order.len() > 2 * positives(t) + 64 {
-            let mut seen = HashSet::new();
+            let mut seen = IdSet::default();
             let q = std::mem::take(&mut t.pos_order);
             t.pos_order = q
                 .into_iter()
@@ -570,8 +612,16 @@ impl Cache {
         }
     }
 
-    pub(crate) fn backend(&self, mount: u32) -> Result<Arc<dyn Backend>, Errno> {
-        lock(&self.mounts).get(&mount).map(|m| m.backend.clone()).ok_or(Errno::NoEnt)
+    /// The backend of mount `mount`: the root mount's without a lock or a
+    /// reference count (it lives as long as the cache), others from the table.
+    pub(crate) fn backend(&self, mount: u32) -> Result<BackendRef<'_>, Errno> {
+        if mount == 0 {
+            return Ok(BackendRef::Root(&*self.root_backend));
+        }
+        lock(&self.mounts)
+            .get(&mount)
+            .map(|m| BackendRef::Mounted(m.backend.clone()))
+            .ok_or(Errno::NoEnt)
     }
 
     /// If `idx` is a mount's root, the directory it covers.
@@ -606,7 +656,7 @@ impl Namecache {
         if cells.len() != t.idx.live {
             return Err(format!("index count {} != {}", t.idx.live, cells.len()));
         }
-        let mut keys = HashSet::new();
+        let mut keys = IdSet::default();
         let mut negatives = 0;
         for &i in &hashed {
             let s = &snaps[i as usize];
