@@ -990,6 +990,59 @@ fn entry_locks_exclude_and_wake_every_sleeper() {
 }
 
 #[test]
+fn readers_never_see_an_older_file_after_a_newer_one() {
+    // One writer replaces /d/f again and again (unlink and create, or create
+    // beside it and rename over it); the in-memory filesystem numbers inodes in
+    // creation order, so each version has a higher inode. Readers stat /d/f and
+    // /d/../d/f over and over (hinted and walked lookups); once a reader has seen
+    // a version it must never see an older one.
+    let (nc, _) = nc();
+    let r = nc.root();
+    nc.mkdir(&r, b"/d", 0o755).unwrap();
+    nc.create(&r, b"/d/f", 0o644).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..3)
+        .map(|k| {
+            let (nc, r, stop) = (nc.clone(), r.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let path: &[u8] = if k == 2 { b"/d/../d/f" } else { b"/d/f" };
+                let (mut last, mut seen) = (0u64, 0u64);
+                let t0 = Instant::now();
+                while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(20) {
+                    match nc.stat(&r, path) {
+                        Ok(a) => {
+                            assert!(a.ino >= last, "saw inode {} after {last}", a.ino);
+                            last = a.ino;
+                            seen += 1;
+                        }
+                        Err(e) => assert_eq!(e, Errno::NoEnt),
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    let t0 = Instant::now();
+    for v in 0..20_000u32 {
+        if t0.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        if v % 2 == 0 {
+            nc.unlink(&r, b"/d/f").unwrap();
+            nc.create(&r, b"/d/f", 0o644).unwrap();
+        } else {
+            nc.create(&r, b"/d/t", 0o644).unwrap();
+            nc.rename(&r, b"/d/t", b"/d/f").unwrap();
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in readers {
+        assert!(h.join().unwrap() > 0);
+    }
+    assert_eq!(nc.check_invariants(), Ok(()));
+}
+
+#[test]
 fn negative_generation_makes_negatives_stale() {
     let (nc, fs) = nc();
     let r = nc.root();
