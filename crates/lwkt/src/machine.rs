@@ -605,6 +605,10 @@ impl Drop for Machine {
 const IDLE_PARK_MAX: Duration = Duration::from_millis(100);
 /// Turns of a busy CPU's loop between polls of its IPI queue.
 const IPI_POLL_EVERY: u32 = 64;
+/// Turns of a busy CPU's loop between clock reads for its timers (when it has
+/// any). A due timer fires at most this many thread runs late; a CPU that found
+/// nothing to run reads the clock every turn.
+const TIMER_POLL_EVERY: u32 = 8;
 /// Park length while every runnable thread waits for a token held on another CPU.
 const TOKEN_PARK: Duration = Duration::from_micros(50);
 
@@ -631,6 +635,8 @@ fn cpu_main(
     ready.wait();
     let mut backoff = dfly_core::Backoff::new();
     let mut spins = 0u32;
+    let inbox = shared.inbox(id);
+    let mut idle = true;
     loop {
         // The crossbar only carries wake-up nudges for this CPU (the work itself is
         // in the request queue, checked every turn), so a busy CPU drains it every
@@ -641,14 +647,18 @@ fn cpu_main(
                 ipi.poll();
             }
         }
-        core.drain_requests();
-        if core.has_timers() {
+        if !inbox.is_empty() {
+            core.drain_requests();
+        }
+        if (idle || spins % TIMER_POLL_EVERY == 0) && core.has_timers() {
             core.fire_timers(shared.now());
         }
         if shared.stop.load(Ordering::Acquire) {
             break;
         }
-        match core.run_one() {
+        let ran = core.run_one();
+        idle = matches!(ran, Ran::Nothing | Ran::TokenBlocked);
+        match ran {
             Ran::Nothing | Ran::TokenBlocked if !backoff.is_completed() => {
                 if let Some(ipi) = core.ipi.as_ref() {
                     ipi.poll();

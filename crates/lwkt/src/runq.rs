@@ -4,22 +4,69 @@
 //! Only the owning CPU touches its run queue. The running thread stays on the queue,
 //! at the head of its level; blocking removes it, yielding moves it to the tail of
 //! its level (round robin among equals), and a higher level always runs first.
+//!
+//! The lists are intrusive, as DragonFly's `TAILQ`s are: each key (a thread's slot
+//! number) has one link record (next, previous, level) in a table indexed by the
+//! key, so pushing, removing anywhere and rotating the head to the tail each touch
+//! a few words and never move or scan the other entries.
 
-use std::collections::VecDeque;
+use core::marker::PhantomData;
 
 use crate::Priority;
 
-/// Runnable threads of one CPU, by priority.
-#[derive(Debug)]
-pub(crate) struct RunQueue<K> {
-    levels: [VecDeque<K>; 32],
-    mask: u32,
-    len: usize,
+/// "No key": the end of a list, or the level of a key that is not queued.
+const NIL: u32 = u32::MAX;
+
+/// A key's place in its list.
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    next: u32,
+    prev: u32,
+    /// The level the key is queued at, or `NIL`.
+    level: u32,
 }
 
-impl<K: Copy + PartialEq> RunQueue<K> {
+const UNQUEUED: Link = Link { next: NIL, prev: NIL, level: NIL };
+
+/// Runnable threads of one CPU, by priority. Keys are small indices (thread slot
+/// numbers); the link table grows to the largest key queued.
+#[derive(Debug)]
+pub(crate) struct RunQueue<K> {
+    head: [u32; 32],
+    tail: [u32; 32],
+    links: Vec<Link>,
+    mask: u32,
+    len: usize,
+    _keys: PhantomData<K>,
+}
+
+impl<K: Copy + PartialEq + Into<usize> + TryFrom<usize>> RunQueue<K> {
     pub(crate) fn new() -> Self {
-        RunQueue { levels: std::array::from_fn(|_| VecDeque::new()), mask: 0, len: 0 }
+        RunQueue {
+            head: [NIL; 32],
+            tail: [NIL; 32],
+            links: Vec::new(),
+            mask: 0,
+            len: 0,
+            _keys: PhantomData,
+        }
+    }
+
+    #[inline]
+    fn index(k: K) -> u32 {
+        let i: usize = k.into();
+        debug_assert!(i < NIL as usize, "run queue key {i} out of range");
+        i as u32
+    }
+
+    #[inline]
+    fn key(i: u32) -> Option<K> {
+        K::try_from(i as usize).ok()
+    }
+
+    #[inline]
+    fn link(&self, i: u32) -> Link {
+        self.links.get(i as usize).copied().unwrap_or(UNQUEUED)
     }
 
     /// Number of queued threads.
@@ -28,53 +75,99 @@ impl<K: Copy + PartialEq> RunQueue<K> {
         self.len
     }
 
-    /// Appends `k` at the tail of level `p`.
+    /// Appends `k` at the tail of level `p` (a key already queued is moved there).
     #[inline]
     pub(crate) fn push_back(&mut self, k: K, p: Priority) {
-        let l = p.get() as usize;
-        self.levels[l].push_back(k);
-        self.mask |= 1 << l;
+        let i = Self::index(k);
+        if i as usize >= self.links.len() {
+            self.links.resize(i as usize + 1, UNQUEUED);
+        } else if self.links[i as usize].level != NIL {
+            debug_assert!(false, "key {i} pushed while queued");
+            let l = self.links[i as usize].level;
+            self.unlink(i, l);
+        }
+        self.append(i, p.get() as u32);
         self.len += 1;
+    }
+
+    /// Links unqueued index `i` (below `links.len()`) at the tail of level `l`.
+    #[inline]
+    fn append(&mut self, i: u32, l: u32) {
+        let tail = self.tail[l as usize];
+        self.links[i as usize] = Link { next: NIL, prev: tail, level: l };
+        if tail == NIL {
+            self.head[l as usize] = i;
+            self.mask |= 1 << l;
+        } else {
+            self.links[tail as usize].next = i;
+        }
+        self.tail[l as usize] = i;
+    }
+
+    /// Takes queued index `i` out of its level `l`.
+    #[inline]
+    fn unlink(&mut self, i: u32, l: u32) {
+        let Link { next, prev, .. } = self.links[i as usize];
+        if prev == NIL {
+            self.head[l as usize] = next;
+        } else {
+            self.links[prev as usize].next = next;
+        }
+        if next == NIL {
+            self.tail[l as usize] = prev;
+        } else {
+            self.links[next as usize].prev = prev;
+        }
+        if self.head[l as usize] == NIL {
+            self.mask &= !(1 << l);
+        }
+        self.links[i as usize] = UNQUEUED;
+        self.len -= 1;
     }
 
     /// Removes `k` from level `p`; false if it was not there.
     #[inline]
     pub(crate) fn remove(&mut self, k: K, p: Priority) -> bool {
-        let l = p.get() as usize;
-        let q = &mut self.levels[l];
-        if q.front() == Some(&k) {
-            // The common case: the running thread (at the head) blocks or exits.
-            q.pop_front();
-        } else {
-            let Some(i) = q.iter().position(|&x| x == k) else { return false };
-            q.remove(i);
+        let i = Self::index(k);
+        let l = p.get() as u32;
+        if self.link(i).level != l {
+            return false;
         }
-        if q.is_empty() {
-            self.mask &= !(1 << l);
-        }
-        self.len -= 1;
+        self.unlink(i, l);
         true
     }
 
     /// True if some thread other than `k` is queued at level `p` or above.
+    #[inline]
     pub(crate) fn other_at_or_above(&self, k: K, p: Priority) -> bool {
         let l = p.get() as u32;
         let above = self.mask & !((1u32 << l) - 1);
         if above & !(1 << l) != 0 {
             return true;
         }
-        let q = &self.levels[l as usize];
-        q.len() > 1 || q.front().is_some_and(|&x| x != k)
+        let head = self.head[l as usize];
+        head != NIL && (head != Self::index(k) || self.link(head).next != NIL)
     }
 
     /// Moves `k` (which must be queued at `p`) to the tail of its level.
+    #[inline]
     pub(crate) fn rotate_to_tail(&mut self, k: K, p: Priority) {
-        let q = &mut self.levels[p.get() as usize];
-        if q.front() == Some(&k) {
-            // The common case: the running thread is at the head of its level.
-            q.rotate_left(1);
-        } else if self.remove(k, p) {
-            self.push_back(k, p);
+        let i = Self::index(k);
+        let l = p.get() as u32;
+        let link = self.link(i);
+        if link.level != l || link.next == NIL {
+            // Not queued at `p`, or already the tail.
+            return;
+        }
+        if link.prev == NIL {
+            // The common case: the running thread, at the head, with a successor.
+            self.head[l as usize] = link.next;
+            self.links[link.next as usize].prev = NIL;
+            self.append(i, l);
+        } else {
+            self.unlink(i, l);
+            self.append(i, l);
+            self.len += 1;
         }
     }
 
@@ -92,7 +185,17 @@ impl<K: Copy + PartialEq> RunQueue<K> {
         })
         .flat_map(move |l| {
             let p = Priority::new(l).unwrap_or(Priority::IDLE);
-            self.levels[l as usize].iter().map(move |&k| (k, p))
+            let mut i = self.head[l as usize];
+            core::iter::from_fn(move || {
+                if i == NIL {
+                    return None;
+                }
+                let k = i;
+                i = self.link(i).next;
+                Some(k)
+            })
+            .filter_map(Self::key)
+            .map(move |k| (k, p))
         })
     }
 
@@ -102,6 +205,6 @@ impl<K: Copy + PartialEq> RunQueue<K> {
         if self.mask == 0 {
             return None;
         }
-        self.levels[(31 - self.mask.leading_zeros()) as usize].front().copied()
+        Self::key(self.head[(31 - self.mask.leading_zeros()) as usize])
     }
 }

@@ -124,12 +124,17 @@ pub(crate) enum Switch {
 /// hands it back with the final [`Step`].
 type Co = Coroutine<(), Switch, (Step, TaskRef), DefaultStack>;
 
+/// Where a thread's coroutine lives: a box that is pooled with the stack, so a
+/// switch moves one pointer in and out of the thread record instead of the
+/// coroutine's few words (`None` while pooled).
+type CoBox = Box<Option<Co>>;
+
 /// Where a thread's code is: to be started on a fresh stack (its task cell holds
 /// the body or continuation), suspended on its stack (which owns the cell
 /// reference meanwhile), or running.
 enum Body {
     Fresh(TaskRef),
-    Stack(Co),
+    Stack(CoBox),
     Running,
 }
 
@@ -325,7 +330,8 @@ pub(crate) struct Inner {
     bucket_sleepers: Vec<u32>,
     timers: BinaryHeap<Reverse<(u64, u64, usize, u32)>>,
     timer_seq: u64,
-    stacks: Vec<DefaultStack>,
+    /// Pooled stacks, each with an empty coroutine box.
+    stacks: Vec<(DefaultStack, CoBox)>,
     next_uid: u64,
     pub(crate) stats: SchedStats,
     unpublished: u32,
@@ -617,100 +623,185 @@ impl CpuCore {
 
     // ---- running ----------------------------------------------------------------
 
-    fn take_stack(&self, inner: &mut Inner) -> Result<DefaultStack, std::io::Error> {
+    fn take_stack(&self, inner: &mut Inner) -> Result<(DefaultStack, CoBox), std::io::Error> {
         if let Some(s) = inner.stacks.pop() {
             inner.stats.stacks_pooled = inner.stacks.len() as u64;
             return Ok(s);
         }
         inner.stats.stacks_created += 1;
-        DefaultStack::new(self.shared.stack_size)
+        Ok((DefaultStack::new(self.shared.stack_size)?, Box::new(None)))
     }
 
-    fn give_stack(&self, inner: &mut Inner, s: DefaultStack) {
+    fn give_stack(&self, inner: &mut Inner, s: DefaultStack, b: CoBox) {
         if inner.stacks.len() < STACK_POOL_MAX {
-            inner.stacks.push(s);
+            inner.stacks.push((s, b));
         }
         inner.stats.stacks_pooled = inner.stacks.len() as u64;
     }
 
+    /// The bookkeeping of [`Ctx::yield_now`] for thread `key`: true (and the
+    /// thread rotated to the tail of its level) if it must switch, false for a
+    /// cheap yield. Inlined into the yielding thread (see `yield_now`); the clock
+    /// read for a pending timer is out of line.
+    #[inline(always)]
+    fn yield_prepare(&self, key: usize) -> bool {
+        let mut guard = self.inner.borrow_mut();
+        let inner = &mut *guard;
+        let p = inner.threads[key].prio;
+        // IPIs to a CPU are only nudges to look at its request queue, so the queue
+        // is what counts here; the clock is read only when nothing else is
+        // runnable and a timer is pending. Under simulation a yield always goes
+        // back to the stepper: the other CPUs run only between steps.
+        let must = inner.runq.other_at_or_above(key, p)
+            || !self.shared.inbox(self.id).is_empty()
+            || self.ipi.is_none()
+            || (!inner.timers.is_empty() && self.timer_due(inner));
+        if must {
+            inner.runq.rotate_to_tail(key, p);
+            inner.stats.yields += 1;
+        } else {
+            inner.stats.cheap_yields += 1;
+        }
+        must
+    }
+
+    /// True if the earliest timer is due (reads the clock).
+    #[cold]
+    #[inline(never)]
+    fn timer_due(&self, inner: &Inner) -> bool {
+        inner.timers.peek().is_some_and(|Reverse(t)| t.0 <= self.now().as_nanos())
+    }
+
+    /// Picks the thread to run and takes its coroutine out of its record (the
+    /// record says `Body::Running` until it is filed back). Fast path: the run
+    /// queue's head, suspended on a stack, with no tokens to take.
+    #[inline]
+    fn pick(self: &Rc<Self>) -> Result<(usize, u64, CoBox), Ran> {
+        let mut guard = self.inner.borrow_mut();
+        let inner = &mut *guard;
+        let Some(head) = inner.runq.head() else { return Err(Ran::Nothing) };
+        if let Some(t) = inner.threads.get_mut(head) {
+            if t.tokens.len() == 0 && matches!(t.body, Body::Stack(_)) {
+                let Body::Stack(co) = core::mem::replace(&mut t.body, Body::Running) else {
+                    unreachable!("checked just above")
+                };
+                let uid = t.uid;
+                inner.current = Some(head);
+                inner.stats.switches += 1;
+                return Ok((head, uid, co));
+            }
+        }
+        drop(guard);
+        self.pick_slow()
+    }
+
+    /// [`pick`](Self::pick) for a thread that needs tokens or a fresh stack.
+    #[cold]
+    #[inline(never)]
+    fn pick_slow(self: &Rc<Self>) -> Result<(usize, u64, CoBox), Ran> {
+        let mut guard = self.inner.borrow_mut();
+        let inner = &mut *guard;
+        let Some(key) = Self::choose(inner) else {
+            return Err(Ran::TokenBlocked);
+        };
+        let Some(t) = inner.threads.get_mut(key) else { return Err(Ran::Nothing) };
+        let uid = t.uid;
+        let co = match core::mem::replace(&mut t.body, Body::Running) {
+            Body::Stack(co) => co,
+            Body::Fresh(task) => match self.take_stack(inner) {
+                Ok((stack, mut co)) => {
+                    inner.stats.stacks_in_use += 1;
+                    *co = Some(self.make_coroutine(key, uid, task, stack));
+                    co
+                }
+                Err(e) => {
+                    let prio = inner.threads[key].prio;
+                    inner.runq.remove(key, prio);
+                    inner.threads.release(key);
+                    drop(guard);
+                    let mut task = task;
+                    task.fail(JoinError::NoStack(e.to_string()), Some(self), &self.shared);
+                    return Err(Ran::Exited(uid));
+                }
+            },
+            Body::Running => return Err(Ran::Nothing),
+        };
+        inner.current = Some(key);
+        inner.stats.switches += 1;
+        Ok((key, uid, co))
+    }
+
+    /// The head thread if it needs no tokens, otherwise the first in run order
+    /// whose tokens can all be taken now.
+    fn choose(inner: &mut Inner) -> Option<usize> {
+        let head = inner.runq.head()?;
+        if inner.threads.get(head).is_some_and(|t| t.tokens.len() == 0) {
+            return Some(head);
+        }
+        let Inner { runq, threads, stats, .. } = inner;
+        for (k, _) in runq.iter() {
+            let Some(t) = threads.get_mut(k) else { continue };
+            if t.tokens.acquire_all() {
+                return Some(k);
+            }
+            stats.token_contention += 1;
+        }
+        None
+    }
+
     /// Runs the first runnable thread whose tokens can all be taken, until it
     /// switches back. Returns what happened.
+    #[inline]
     pub(crate) fn run_one(self: &Rc<Self>) -> Ran {
-        let (key, uid, mut co) = {
-            let mut inner = self.inner.borrow_mut();
-            if inner.runq.len() == 0 {
-                return Ran::Nothing;
-            }
-            let mut chosen = None;
-            // Fast path: the head thread, with no tokens to take.
-            if let Some(k) = inner.runq.head() {
-                if inner.threads.get(k).is_some_and(|t| t.tokens.len() == 0) {
-                    chosen = Some(k);
-                }
-            }
-            if chosen.is_none() {
-                let Inner { runq, threads, stats, .. } = &mut *inner;
-                for (k, _) in runq.iter() {
-                    let Some(t) = threads.get_mut(k) else { continue };
-                    if t.tokens.acquire_all() {
-                        chosen = Some(k);
-                        break;
-                    }
-                    stats.token_contention += 1;
-                }
-            }
-            let Some(key) = chosen else {
-                return Ran::TokenBlocked;
-            };
-            let body = match inner.threads.get_mut(key) {
-                Some(t) => core::mem::replace(&mut t.body, Body::Running),
-                None => return Ran::Nothing,
-            };
-            let uid = inner.threads[key].uid;
-            let co = match body {
-                Body::Stack(co) => co,
-                Body::Fresh(task) => match self.take_stack(&mut inner) {
-                    Ok(stack) => {
-                        inner.stats.stacks_in_use += 1;
-                        self.make_coroutine(key, uid, task, stack)
-                    }
-                    Err(e) => {
-                        let prio = inner.threads[key].prio;
-                        inner.runq.remove(key, prio);
-                        inner.threads.release(key);
-                        drop(inner);
-                        let mut task = task;
-                        task.fail(JoinError::NoStack(e.to_string()), Some(self), &self.shared);
-                        return Ran::Exited(uid);
-                    }
-                },
-                Body::Running => return Ran::Nothing,
-            };
-            inner.current = Some(key);
-            inner.stats.switches += 1;
-            (key, uid, co)
+        let (key, uid, mut co) = match self.pick() {
+            Ok(picked) => picked,
+            Err(ran) => return ran,
         };
-        let result = co.resume(());
-        let mut inner = self.inner.borrow_mut();
-        inner.current = None;
-        let Some(t) = inner.threads.get_mut(key) else { return Ran::Nothing };
-        t.tokens.release_all();
-        let ran = match result {
+        // The box holds a coroutine from the moment it leaves the pool until the
+        // coroutine returns, when it goes back to the pool empty.
+        let Some(running) = co.as_mut() else { return Ran::Nothing };
+        match running.resume(()) {
             CoroutineResult::Yield(why) => {
-                t.body = Body::Stack(co);
+                let mut guard = self.inner.borrow_mut();
+                let inner = &mut *guard;
+                inner.current = None;
+                let Some(t) = inner.threads.get_mut(key) else { return Ran::Nothing };
+                if t.tokens.len() > 0 {
+                    t.tokens.release_all();
+                }
+                // The old value is `Body::Running`, which owns nothing: forgetting
+                // it skips a call to the drop glue of every body kind.
+                core::mem::forget(core::mem::replace(&mut t.body, Body::Stack(co)));
+                self.maybe_publish(inner);
                 match why {
                     Switch::Yield | Switch::TokenWait => Ran::Yielded(uid),
                     Switch::Block => Ran::Blocked(uid),
                 }
             }
-            CoroutineResult::Return((step, task)) => {
-                let stack = co.into_stack();
-                inner.stats.stacks_in_use -= 1;
-                self.give_stack(&mut inner, stack);
-                self.file_step(&mut inner, key, uid, step, task)
+            CoroutineResult::Return((step, task)) => self.finish(key, uid, co, step, task),
+        }
+    }
+
+    /// Files a thread whose stack ended: the stack and its box go back to the pool
+    /// and the step is carried out.
+    #[cold]
+    #[inline(never)]
+    fn finish(&self, key: usize, uid: u64, mut co: CoBox, step: Step, task: TaskRef) -> Ran {
+        let mut guard = self.inner.borrow_mut();
+        let inner = &mut *guard;
+        inner.current = None;
+        if let Some(t) = inner.threads.get_mut(key) {
+            if t.tokens.len() > 0 {
+                t.tokens.release_all();
             }
-        };
-        self.maybe_publish(&mut inner);
+        }
+        let stack = co.take().map(Coroutine::into_stack);
+        inner.stats.stacks_in_use -= 1;
+        if let Some(stack) = stack {
+            self.give_stack(inner, stack, co);
+        }
+        let ran = self.file_step(inner, key, uid, step, task);
+        self.maybe_publish(inner);
         ran
     }
 
@@ -967,28 +1058,16 @@ impl<'y> Ctx<'y> {
     /// higher is runnable, or requests or due timers are waiting; otherwise returns
     /// at once (cheap enough to call in a loop). Under simulation it always
     /// switches, so that the other simulated CPUs get their turns.
+    // Always inlined, with the switch itself in the caller's frame: a thread that
+    // was resumed and then returns from a function it entered before it was
+    // suspended returns through an address the CPU's return predictor no longer
+    // holds (the scheduler's calls replaced it), and so does the next switch out.
+    // With the decision out of line (a call that returns before the switch) and
+    // the switch inline, a thread that yields in a loop mispredicts nothing.
+    #[inline(always)]
     pub fn yield_now(&mut self) {
-        let must = {
-            let mut inner = self.core.inner.borrow_mut();
-            let p = inner.threads[self.key].prio;
-            let others = inner.runq.other_at_or_above(self.key, p);
-            // IPIs to a CPU are only nudges to look at its request queue, so the
-            // queue is what counts here.
-            let pending = !self.core.shared.inbox(self.core.id).is_empty()
-                || inner.timers.peek().is_some_and(|Reverse(t)| t.0 <= self.core.now().as_nanos());
-            // Under simulation a yield always goes back to the stepper: the other
-            // CPUs run only between steps.
-            if others || pending || self.core.ipi.is_none() {
-                inner.runq.rotate_to_tail(self.key, p);
-                inner.stats.yields += 1;
-                true
-            } else {
-                inner.stats.cheap_yields += 1;
-                false
-            }
-        };
-        if must {
-            self.suspend(Switch::Yield);
+        if self.core.yield_prepare(self.key) {
+            self.y.suspend(Switch::Yield);
         }
     }
 
