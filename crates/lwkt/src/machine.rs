@@ -603,12 +603,13 @@ impl Drop for Machine {
 /// Longest park of an idle CPU before it rechecks (timers are exact anyway: the
 /// park is bounded by the next deadline).
 const IDLE_PARK_MAX: Duration = Duration::from_millis(100);
-/// Turns of a busy CPU's loop between polls of its IPI queue.
+/// Thread runs of a busy CPU between polls of its IPI queue (at most).
 const IPI_POLL_EVERY: u32 = 64;
-/// Turns of a busy CPU's loop between clock reads for its timers (when it has
-/// any). A due timer fires at most this many thread runs late; a CPU that found
-/// nothing to run reads the clock every turn.
-const TIMER_POLL_EVERY: u32 = 8;
+/// Thread runs of a busy CPU between clock reads for its timers (when it has
+/// any), and between looks at the stop flag: a due timer fires at most this many
+/// thread runs late. A CPU that found nothing to run reads the clock every turn.
+/// (The request queue is looked at after every thread run.)
+const TURNS_PER_BURST: u32 = 8;
 /// Park length while every runnable thread waits for a token held on another CPU.
 const TOKEN_PARK: Duration = Duration::from_micros(50);
 
@@ -634,15 +635,15 @@ fn cpu_main(
     set_current_core(Some(core.clone()));
     ready.wait();
     let mut backoff = dfly_core::Backoff::new();
-    let mut spins = 0u32;
+    let mut turns = 0u32;
     let inbox = shared.inbox(id);
-    let mut idle = true;
     loop {
         // The crossbar only carries wake-up nudges for this CPU (the work itself is
-        // in the request queue, checked every turn), so a busy CPU drains it every
-        // IPI_POLL_EVERY turns and an idle one before it parks.
-        spins = spins.wrapping_add(1);
-        if spins % IPI_POLL_EVERY == 0 {
+        // in the request queue, checked after every thread run), so a busy CPU
+        // drains it every IPI_POLL_EVERY thread runs and an idle one before it
+        // parks.
+        if turns >= IPI_POLL_EVERY {
+            turns = 0;
             if let Some(ipi) = core.ipi.as_ref() {
                 ipi.poll();
             }
@@ -650,14 +651,14 @@ fn cpu_main(
         if !inbox.is_empty() {
             core.drain_requests();
         }
-        if (idle || spins % TIMER_POLL_EVERY == 0) && core.has_timers() {
+        if core.has_timers() {
             core.fire_timers(shared.now());
         }
         if shared.stop.load(Ordering::Acquire) {
             break;
         }
-        let ran = core.run_one();
-        idle = matches!(ran, Ran::Nothing | Ran::TokenBlocked);
+        let (ran, ran_turns) = core.run_turns(TURNS_PER_BURST);
+        turns += ran_turns;
         match ran {
             Ran::Nothing | Ran::TokenBlocked if !backoff.is_completed() => {
                 if let Some(ipi) = core.ipi.as_ref() {

@@ -28,6 +28,12 @@ struct Link {
 
 const UNQUEUED: Link = Link { next: NIL, prev: NIL, level: NIL };
 
+/// `p`'s level as an index the compiler knows is below 32.
+#[inline]
+fn level(p: Priority) -> u32 {
+    p.get() as u32 & 31
+}
+
 /// Runnable threads of one CPU, by priority. Keys are small indices (thread slot
 /// numbers); the link table grows to the largest key queued.
 #[derive(Debug)]
@@ -86,7 +92,7 @@ impl<K: Copy + PartialEq + Into<usize> + TryFrom<usize>> RunQueue<K> {
             let l = self.links[i as usize].level;
             self.unlink(i, l);
         }
-        self.append(i, p.get() as u32);
+        self.append(i, level(p));
         self.len += 1;
     }
 
@@ -129,7 +135,7 @@ impl<K: Copy + PartialEq + Into<usize> + TryFrom<usize>> RunQueue<K> {
     #[inline]
     pub(crate) fn remove(&mut self, k: K, p: Priority) -> bool {
         let i = Self::index(k);
-        let l = p.get() as u32;
+        let l = level(p);
         if self.link(i).level != l {
             return false;
         }
@@ -140,7 +146,7 @@ impl<K: Copy + PartialEq + Into<usize> + TryFrom<usize>> RunQueue<K> {
     /// True if some thread other than `k` is queued at level `p` or above.
     #[inline]
     pub(crate) fn other_at_or_above(&self, k: K, p: Priority) -> bool {
-        let l = p.get() as u32;
+        let l = level(p);
         let above = self.mask & !((1u32 << l) - 1);
         if above & !(1 << l) != 0 {
             return true;
@@ -153,17 +159,27 @@ impl<K: Copy + PartialEq + Into<usize> + TryFrom<usize>> RunQueue<K> {
     #[inline]
     pub(crate) fn rotate_to_tail(&mut self, k: K, p: Priority) {
         let i = Self::index(k);
-        let l = p.get() as u32;
-        let link = self.link(i);
+        let l = level(p);
+        let Some(&link) = self.links.get(i as usize) else { return };
         if link.level != l || link.next == NIL {
             // Not queued at `p`, or already the tail.
             return;
         }
         if link.prev == NIL {
-            // The common case: the running thread, at the head, with a successor.
+            // The common case: the running thread, at the head, with a successor
+            // (so the level's tail is another key).
+            let tail = self.tail[l as usize];
             self.head[l as usize] = link.next;
-            self.links[link.next as usize].prev = NIL;
-            self.append(i, l);
+            self.tail[l as usize] = i;
+            if let Some(n) = self.links.get_mut(link.next as usize) {
+                n.prev = NIL;
+            }
+            if let Some(t) = self.links.get_mut(tail as usize) {
+                t.next = i;
+            }
+            if let Some(me) = self.links.get_mut(i as usize) {
+                *me = Link { next: NIL, prev: tail, level: l };
+            }
         } else {
             self.unlink(i, l);
             self.append(i, l);

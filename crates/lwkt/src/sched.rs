@@ -113,11 +113,21 @@ pub(crate) enum Step {
 }
 
 /// Why a running thread handed control back to the scheduler.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Switch {
     Yield,
+    /// A yield that already picked the next thread (see [`Picked`]).
+    YieldTo(Picked),
     Block,
     TokenWait,
+}
+
+/// A thread picked to run next: its key, uid and coroutine, taken out of its
+/// record (which says `Body::Running` and is the core's `current`). Whoever
+/// holds a `Picked` either resumes it or puts the coroutine back.
+pub(crate) struct Picked {
+    key: usize,
+    uid: u64,
+    co: CoBox,
 }
 
 /// A thread's stack: it owns the thread's task cell reference while it exists and
@@ -639,12 +649,20 @@ impl CpuCore {
         inner.stats.stacks_pooled = inner.stacks.len() as u64;
     }
 
-    /// The bookkeeping of [`Ctx::yield_now`] for thread `key`: true (and the
-    /// thread rotated to the tail of its level) if it must switch, false for a
-    /// cheap yield. Inlined into the yielding thread (see `yield_now`); the clock
-    /// read for a pending timer is out of line.
+    /// The bookkeeping of [`Ctx::yield_now`] for thread `key`: how to switch (the
+    /// thread rotated to the tail of its level), or None for a cheap yield.
+    /// Inlined into the yielding thread (see `yield_now`); the clock read for a
+    /// pending timer is out of line.
+    ///
+    /// On a real CPU the yielding thread also picks the next thread when the fast
+    /// pick applies (the run queue's new head, suspended, needing no tokens) and
+    /// hands it to the scheduler with the switch, which resumes it unless it must
+    /// look at its requests first (then it puts it back). The scheduler then
+    /// needs no run-queue lookup between the two threads, and the next thread's
+    /// coroutine reaches it in the switch's value rather than through the queue
+    /// and the thread table.
     #[inline(always)]
-    fn yield_prepare(&self, key: usize) -> bool {
+    fn yield_prepare(&self, key: usize) -> Option<Switch> {
         let mut guard = self.inner.borrow_mut();
         let inner = &mut *guard;
         let p = inner.threads[key].prio;
@@ -656,13 +674,18 @@ impl CpuCore {
             || !self.shared.inbox(self.id).is_empty()
             || self.ipi.is_none()
             || (!inner.timers.is_empty() && self.timer_due(inner));
-        if must {
-            inner.runq.rotate_to_tail(key, p);
-            inner.stats.yields += 1;
-        } else {
+        if !must {
             inner.stats.cheap_yields += 1;
+            return None;
         }
-        must
+        inner.runq.rotate_to_tail(key, p);
+        inner.stats.yields += 1;
+        if self.ipi.is_some() {
+            if let Some((key, uid, co)) = Self::pick_fast(inner) {
+                return Some(Switch::YieldTo(Picked { key, uid, co }));
+            }
+        }
+        Some(Switch::Yield)
     }
 
     /// True if the earliest timer is due (reads the clock).
@@ -678,21 +701,39 @@ impl CpuCore {
     #[inline]
     fn pick(self: &Rc<Self>) -> Result<(usize, u64, CoBox), Ran> {
         let mut guard = self.inner.borrow_mut();
-        let inner = &mut *guard;
-        let Some(head) = inner.runq.head() else { return Err(Ran::Nothing) };
-        if let Some(t) = inner.threads.get_mut(head) {
-            if t.tokens.len() == 0 && matches!(t.body, Body::Stack(_)) {
-                let Body::Stack(co) = core::mem::replace(&mut t.body, Body::Running) else {
-                    unreachable!("checked just above")
-                };
-                let uid = t.uid;
-                inner.current = Some(head);
-                inner.stats.switches += 1;
-                return Ok((head, uid, co));
-            }
+        if let Some(picked) = Self::pick_fast(&mut guard) {
+            return Ok(picked);
         }
         drop(guard);
         self.pick_slow()
+    }
+
+    /// The fast path of [`pick`](Self::pick), if it applies.
+    #[inline]
+    fn pick_fast(inner: &mut Inner) -> Option<(usize, u64, CoBox)> {
+        let head = inner.runq.head()?;
+        let t = inner.threads.get_mut(head)?;
+        if t.tokens.len() != 0 || !matches!(t.body, Body::Stack(_)) {
+            return None;
+        }
+        let Body::Stack(co) = core::mem::replace(&mut t.body, Body::Running) else {
+            unreachable!("checked just above")
+        };
+        let uid = t.uid;
+        inner.current = Some(head);
+        inner.stats.switches += 1;
+        Some((head, uid, co))
+    }
+
+    /// Puts a picked thread's coroutine back in its record: it did not run.
+    #[cold]
+    #[inline(never)]
+    fn unpick(inner: &mut Inner, p: Picked) {
+        inner.current = None;
+        inner.stats.switches -= 1;
+        if let Some(t) = inner.threads.get_mut(p.key) {
+            core::mem::forget(core::mem::replace(&mut t.body, Body::Stack(p.co)));
+        }
     }
 
     /// [`pick`](Self::pick) for a thread that needs tokens or a fresh stack.
@@ -751,34 +792,65 @@ impl CpuCore {
 
     /// Runs the first runnable thread whose tokens can all be taken, until it
     /// switches back. Returns what happened.
-    #[inline]
     pub(crate) fn run_one(self: &Rc<Self>) -> Ran {
-        let (key, uid, mut co) = match self.pick() {
+        self.run_turns(1).0
+    }
+
+    /// Runs up to `turns` threads one after the other (a turn is one thread run
+    /// until it switches back). After a plain yield the next thread is picked in
+    /// the same borrow that files the yielding one, without going back to the CPU
+    /// loop; the burst ends early when a thread blocks, ends or waits for a token,
+    /// when a request is queued for this CPU, or when the next thread needs the
+    /// slow pick (tokens, a fresh stack). Returns what the last turn did and how
+    /// many turns ran (at least 1).
+    #[inline]
+    pub(crate) fn run_turns(self: &Rc<Self>, turns: u32) -> (Ran, u32) {
+        let (mut key, mut uid, mut co) = match self.pick() {
             Ok(picked) => picked,
-            Err(ran) => return ran,
+            Err(ran) => return (ran, 1),
         };
-        // The box holds a coroutine from the moment it leaves the pool until the
-        // coroutine returns, when it goes back to the pool empty.
-        let Some(running) = co.as_mut() else { return Ran::Nothing };
-        match running.resume(()) {
-            CoroutineResult::Yield(why) => {
-                let mut guard = self.inner.borrow_mut();
-                let inner = &mut *guard;
-                inner.current = None;
-                let Some(t) = inner.threads.get_mut(key) else { return Ran::Nothing };
-                if t.tokens.len() > 0 {
-                    t.tokens.release_all();
+        let mut done = 1;
+        loop {
+            // The box holds a coroutine from the moment it leaves the pool until
+            // the coroutine returns, when it goes back to the pool empty.
+            let Some(running) = co.as_mut() else { return (Ran::Nothing, done) };
+            match running.resume(()) {
+                CoroutineResult::Yield(why) => {
+                    let mut guard = self.inner.borrow_mut();
+                    let inner = &mut *guard;
+                    inner.current = None;
+                    let Some(t) = inner.threads.get_mut(key) else {
+                        return (Ran::Nothing, done);
+                    };
+                    if t.tokens.len() > 0 {
+                        t.tokens.release_all();
+                    }
+                    // The old value is `Body::Running`, which owns nothing:
+                    // forgetting it skips a call to the drop glue of every body kind.
+                    core::mem::forget(core::mem::replace(&mut t.body, Body::Stack(co)));
+                    self.maybe_publish(inner);
+                    let go_on = done < turns && self.shared.inbox(self.id).is_empty();
+                    let next = match why {
+                        Switch::YieldTo(next) if go_on => next,
+                        Switch::YieldTo(next) => {
+                            Self::unpick(inner, next);
+                            return (Ran::Yielded(uid), done);
+                        }
+                        Switch::Yield if go_on => match Self::pick_fast(inner) {
+                            Some((key, uid, co)) => Picked { key, uid, co },
+                            None => return (Ran::Yielded(uid), done),
+                        },
+                        Switch::Yield | Switch::TokenWait => return (Ran::Yielded(uid), done),
+                        Switch::Block => return (Ran::Blocked(uid), done),
+                    };
+                    inner.current = Some(next.key);
+                    (key, uid, co) = (next.key, next.uid, next.co);
+                    done += 1;
                 }
-                // The old value is `Body::Running`, which owns nothing: forgetting
-                // it skips a call to the drop glue of every body kind.
-                core::mem::forget(core::mem::replace(&mut t.body, Body::Stack(co)));
-                self.maybe_publish(inner);
-                match why {
-                    Switch::Yield | Switch::TokenWait => Ran::Yielded(uid),
-                    Switch::Block => Ran::Blocked(uid),
+                CoroutineResult::Return((step, task)) => {
+                    return (self.finish(key, uid, co, step, task), done);
                 }
             }
-            CoroutineResult::Return((step, task)) => self.finish(key, uid, co, step, task),
         }
     }
 
@@ -1066,8 +1138,8 @@ impl<'y> Ctx<'y> {
     // the switch inline, a thread that yields in a loop mispredicts nothing.
     #[inline(always)]
     pub fn yield_now(&mut self) {
-        if self.core.yield_prepare(self.key) {
-            self.y.suspend(Switch::Yield);
+        if let Some(why) = self.core.yield_prepare(self.key) {
+            self.y.suspend(why);
         }
     }
 

@@ -107,6 +107,104 @@ fn higher_priority_runs_first_and_equals_take_turns() {
 }
 
 #[test]
+fn real_cpu_yields_keep_priority_order_and_round_robin() {
+    // On a real CPU a yield hands the next thread to the scheduler with the
+    // switch; the order must be the same as the simulation's.
+    let mut m = Machine::builder().cpus(1).build().unwrap();
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let l = log.clone();
+    let parent = m
+        .spawn(Spawn::on_cpu(0).priority(Priority::new(2).unwrap()), move |cx| {
+            let hs: Vec<_> = [("low", 6u32), ("high", 20), ("mid", 10), ("high2", 20)]
+                .into_iter()
+                .map(|(name, p)| {
+                    let log = l.clone();
+                    cx.spawn(Spawn::on_cpu(0).priority(Priority::new(p).unwrap()), move |cx| {
+                        for i in 0..3 {
+                            log.lock().unwrap().push(format!("{name}{i}"));
+                            cx.yield_now();
+                        }
+                    })
+                    .unwrap()
+                })
+                .collect();
+            for h in hs {
+                cx.join(h).unwrap();
+            }
+        })
+        .unwrap();
+    parent.join_blocking().unwrap();
+    m.stop().unwrap();
+    let got = log.lock().unwrap().clone();
+    assert_eq!(
+        got,
+        [
+            "high0", "high20", "high1", "high21", "high2", "high22", "mid0", "mid1", "mid2",
+            "low0", "low1", "low2"
+        ],
+        "strict priority, round robin among equals"
+    );
+}
+
+#[test]
+fn real_cpu_yield_loops_let_requests_in() {
+    // Two threads yielding to each other keep a CPU busy; spawns, deschedules and
+    // schedules sent from outside must still be handled between their turns.
+    let mut m = Machine::builder().cpus(1).build().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let ids = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hs: Vec<_> = (0..2)
+        .map(|i| {
+            let (stop, counts, ids) = (stop.clone(), counts.clone(), ids.clone());
+            m.spawn(Spawn::on_cpu(0), move |cx| {
+                ids.lock().unwrap().push((i, cx.id()));
+                while !stop.load(Ordering::Relaxed) {
+                    counts[i].fetch_add(1, Ordering::Relaxed);
+                    cx.yield_now();
+                }
+            })
+            .unwrap()
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ids.lock().unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "the yielding threads never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for _ in 0..200 {
+        let h = m.spawn(Spawn::on_cpu(0), |cx| cx.cpu().index() + 1).unwrap();
+        assert_eq!(h.join_blocking().unwrap(), 1);
+    }
+    let (idx, tid) = ids.lock().unwrap()[0];
+    m.deschedule(tid).unwrap();
+    // Once the request is handled the count stops moving.
+    let settled = |c: &AtomicU64| loop {
+        let a = c.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(20));
+        if c.load(Ordering::Relaxed) == a {
+            return a;
+        }
+        assert!(Instant::now() < deadline, "a descheduled thread kept running");
+    };
+    let frozen = settled(&counts[idx]);
+    let other = counts[1 - idx].load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(counts[idx].load(Ordering::Relaxed), frozen);
+    assert!(counts[1 - idx].load(Ordering::Relaxed) > other, "the other thread runs on");
+    m.schedule(tid).unwrap();
+    while counts[idx].load(Ordering::Relaxed) == frozen {
+        assert!(Instant::now() < deadline, "a scheduled thread did not run again");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in hs {
+        h.join_blocking().unwrap();
+    }
+    m.stop().unwrap();
+}
+
+#[test]
 fn yield_with_nothing_else_runnable_is_cheap() {
     let mut m = Machine::builder().cpus(1).build().unwrap();
     let h = m
