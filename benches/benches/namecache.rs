@@ -55,17 +55,30 @@ fn probe(depth: usize) -> Vec<u8> {
     p
 }
 
-fn per_op(reps: usize, n: u64, mut f: impl FnMut()) -> f64 {
-    let mut v: Vec<f64> = (0..reps)
-        .map(|_| {
+/// The median time per call of each closure, its repetitions interleaved (each
+/// closure runs `n` calls once, then each again, `reps` rounds), so a slow phase of
+/// a shared machine lands on all of them rather than on whichever ran then.
+/// Each closure is wrapped by [`looped`], so the loop over its calls is compiled
+/// with the closure inlined (one dynamic call per repetition, not per call).
+fn per_op_interleaved(reps: usize, cases: &mut [(u64, &mut dyn FnMut(u64))]) -> Vec<f64> {
+    let mut v: Vec<Vec<f64>> = vec![Vec::with_capacity(reps); cases.len()];
+    for _ in 0..reps {
+        for ((n, f), out) in cases.iter_mut().zip(v.iter_mut()) {
             let t = Instant::now();
-            for _ in 0..n {
-                f();
-            }
-            t.elapsed().as_nanos() as f64 / n as f64
-        })
-        .collect();
-    median(&mut v)
+            f(*n);
+            out.push(t.elapsed().as_nanos() as f64 / *n as f64);
+        }
+    }
+    v.iter_mut().map(|x| median(x)).collect()
+}
+
+/// `f` called `n` times in a loop of its own.
+fn looped(mut f: impl FnMut()) -> impl FnMut(u64) {
+    move |n| {
+        for _ in 0..n {
+            f();
+        }
+    }
 }
 
 fn attr(ino: u64) -> Attr {
@@ -117,36 +130,32 @@ fn lookup_suite(rec: &mut Recorder, mode: Mode, total: usize, label: &str) {
     for depth in [1usize, 6, 16] {
         let case = format!("lookup/{label}/depth{depth}");
         let p = probe(depth);
-        let v = per_op(reps, n, || {
-            black_box(nc.stat(&root, black_box(&p)).unwrap());
-        });
-        rec.record(&case, "dfly", "ns_per_lookup", v, "ns", true);
         let cpath = CString::new(
             host.join(String::from_utf8_lossy(&p[1..]).into_owned())
                 .into_os_string()
                 .into_encoded_bytes(),
         )
         .unwrap();
-        let v = per_op(reps, n / 4, || {
+        let pb = PathBuf::from(String::from_utf8_lossy(&p).into_owned());
+        let comps: Vec<Vec<u8>> =
+            p.split(|&b| b == b'/').filter(|c| !c.is_empty()).map(|c| c.to_vec()).collect();
+        let mut dfly = looped(|| {
+            black_box(nc.stat(&root, black_box(&p)).unwrap());
+        });
+        let mut fstatat = looped(|| {
             // SAFETY: a valid NUL-terminated path and a zeroed stat buffer.
             let mut st: libc::stat = unsafe { std::mem::zeroed() };
             // SAFETY: as above; AT_FDCWD with an absolute path.
             let r = unsafe { libc::fstatat(libc::AT_FDCWD, cpath.as_ptr(), &mut st, 0) };
             black_box(r);
         });
-        rec.record(&case, FSTATAT, "ns_per_lookup", v, "ns", true);
-        let pb = PathBuf::from(String::from_utf8_lossy(&p).into_owned());
-        let v = per_op(reps, n, || {
+        let mut rwmap = looped(|| {
             black_box(rw.read().unwrap().get(black_box(&pb)).copied());
         });
-        rec.record(&case, RWMAP, "ns_per_lookup", v, "ns", true);
-        let v = per_op(reps, n, || {
+        let mut dash = looped(|| {
             black_box(dm.get(black_box(&pb)).map(|r| *r));
         });
-        rec.record(&case, DASHMAP, "ns_per_lookup", v, "ns", true);
-        let comps: Vec<Vec<u8>> =
-            p.split(|&b| b == b'/').filter(|c| !c.is_empty()).map(|c| c.to_vec()).collect();
-        let v = per_op(reps, n, || {
+        let mut pnmap = looped(|| {
             let g = pn.lock().unwrap();
             let mut id = 0u64;
             for c in &comps {
@@ -155,7 +164,19 @@ fn lookup_suite(rec: &mut Recorder, mode: Mode, total: usize, label: &str) {
             }
             black_box(id);
         });
-        rec.record(&case, PNMAP, "ns_per_lookup", v, "ns", true);
+        let v = per_op_interleaved(
+            reps,
+            &mut [
+                (n, &mut dfly),
+                (n / 4, &mut fstatat),
+                (n, &mut rwmap),
+                (n, &mut dash),
+                (n, &mut pnmap),
+            ],
+        );
+        for (peer, v) in ["dfly", FSTATAT, RWMAP, DASHMAP, PNMAP].into_iter().zip(v) {
+            rec.record(&case, peer, "ns_per_lookup", v, "ns", true);
+        }
     }
     if label == "10k" {
         progress("namecache: negative/10k/depth6");
@@ -166,15 +187,16 @@ fn lookup_suite(rec: &mut Recorder, mode: Mode, total: usize, label: &str) {
         miss[last] = b'x';
         let _ = nc.stat(&root, &miss);
         let case = "negative/10k/depth6";
-        let v = per_op(reps, n, || {
+        let hit = probe(6);
+        let mut neg = looped(|| {
             black_box(nc.stat(&root, black_box(&miss)).unwrap_err());
         });
-        rec.record(case, "dfly", "ns_per_lookup", v, "ns", true);
-        let hit = probe(6);
-        let v = per_op(reps, n, || {
+        let mut pos = looped(|| {
             black_box(nc.stat(&root, black_box(&hit)).unwrap());
         });
-        rec.record(case, "dfly positive hit", "ns_per_lookup", v, "ns", true);
+        let v = per_op_interleaved(reps, &mut [(n, &mut neg), (n, &mut pos)]);
+        rec.record(case, "dfly", "ns_per_lookup", v[0], "ns", true);
+        rec.record(case, "dfly positive hit", "ns_per_lookup", v[1], "ns", true);
     }
     let _ = std::fs::remove_dir_all(&host);
 }
