@@ -497,6 +497,43 @@ fn token_suite(rec: &mut Recorder, mode: Mode) {
     rec.record("token/uncontended", "std Mutex", "ns_per_pair", v, "ns", true);
 }
 
+// ---- preemption point --------------------------------------------------------------------
+
+/// The cost of a preemption point in a loop with nothing else to run: dfly's
+/// `maybe_yield` (it reads the clock every 16 calls) against tokio's cooperative
+/// budget (`consume_budget`, which yields to the runtime once the task's budget of
+/// 128 is spent) on a current-thread runtime.
+fn preempt_suite(rec: &mut Recorder, mode: Mode) {
+    progress("lwkt: preempt/noop");
+    let n = mode.scale(20_000_000);
+    let mut m = machine(1);
+    let v = med_of(mode.reps(), || {
+        m.spawn(Spawn::on_cpu(0), move |cx| {
+            let t = Instant::now();
+            for _ in 0..n {
+                cx.maybe_yield();
+            }
+            t.elapsed().as_nanos() as f64 / n as f64
+        })
+        .unwrap()
+        .join_blocking()
+        .unwrap()
+    });
+    m.stop().unwrap();
+    rec.record("preempt/noop", "dfly", "ns_per_call", v, "ns", true);
+    let rt = ct_rt();
+    let v = med_of(mode.reps(), || {
+        rt.block_on(async move {
+            let t = Instant::now();
+            for _ in 0..n {
+                tokio::task::coop::consume_budget().await;
+            }
+            t.elapsed().as_nanos() as f64 / n as f64
+        })
+    });
+    rec.record("preempt/noop", TOKIO_CT, "ns_per_call", v, "ns", true);
+}
+
 // ---- memory of blocked threads ----------------------------------------------------------
 
 fn resident_bytes() -> u64 {
@@ -653,6 +690,9 @@ fn main() {
     }
     if want("token") {
         token_suite(&mut rec, mode);
+    }
+    if want("preempt") {
+        preempt_suite(&mut rec, mode);
     }
     if want("blocked") {
         blocked_suite(&mut rec, mode);

@@ -13,6 +13,26 @@
 //! [`Machine::simulated`] runs the same code on one OS thread with virtual time in a
 //! seeded order: the same seed gives the same trace ([`Simulation::trace_hash`]).
 //!
+//! # Scheduling points, the tick, and busy-waits
+//! Scheduling is cooperative: a thread runs until it blocks, ends, or reaches a
+//! scheduling point. [`Ctx::yield_now`] hands the CPU to the next thread of the
+//! same or higher priority (it moves the caller behind its equals).
+//! [`Ctx::maybe_yield`] is the cheap preemption point for long loops (DragonFly's
+//! `lwkt_yield`): it switches only when a reschedule is wanted, that is when a
+//! higher-priority thread became runnable on this CPU, requests or due timers are
+//! waiting, or a scheduler tick ([`Builder::tick`], 10 ms by default) moved the
+//! caller behind an equal-priority thread; otherwise it returns in a few
+//! nanoseconds. So threads of equal priority that only call `maybe_yield` take
+//! turns a tick at a time, and a higher-priority thread made runnable on the
+//! CPU runs at the lower one's next `maybe_yield`.
+//!
+//! A busy-wait (a loop that waits for another thread to change something) must
+//! call `maybe_yield` or `yield_now` in its loop. On a real machine it would
+//! otherwise keep every other thread of its CPU out; under simulation every CPU
+//! runs on one OS thread and both calls always go back to the stepper, so the
+//! thread it waits for gets to run, on another CPU or, at a tick, on the same one
+//! (without them the simulation stalls).
+//!
 //! # Blocking and the token rule
 //! Every operation that may switch away from the thread takes `&mut Ctx`; the rest
 //! take `&Ctx`. Token-protected data ([`TokenCell`]) is reached only through guards
@@ -54,6 +74,7 @@ use dfly_core::CpuId;
 
 pub use machine::{
     Builder, JoinError, JoinHandle, Machine, MachineError, MachineHandle, Spawn, SpawnError,
+    DEFAULT_TICK,
 };
 pub use prio::{Priority, PriorityOutOfRange};
 pub use sched::{Ctx, PanicPayload, SchedStats, ScheduleError, ThreadId, TimedOut};

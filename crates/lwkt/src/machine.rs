@@ -54,6 +54,7 @@ pub(crate) struct Inbox {
 }
 
 impl Inbox {
+    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.q.is_empty()
     }
@@ -81,12 +82,20 @@ pub(crate) struct Shared {
     clock: MachineClock,
     stats: PerCpu<Mutex<SchedStats>>,
     pub(crate) stack_size: usize,
+    /// The scheduler tick period in nanoseconds (at least 1; see [`Builder::tick`]).
+    pub(crate) tick_ns: u64,
 }
 
 fn noop_ipi(_: &IpiCpu, _: usize, _: usize) {}
 
 impl Shared {
-    fn new(ncpus: usize, xbar: Option<Crossbar>, clock: MachineClock, stack_size: usize) -> Self {
+    fn new(
+        ncpus: usize,
+        xbar: Option<Crossbar>,
+        clock: MachineClock,
+        stack_size: usize,
+        tick: Duration,
+    ) -> Self {
         Shared {
             ncpus,
             inboxes: PerCpu::new(ncpus, |_| Inbox {
@@ -101,6 +110,7 @@ impl Shared {
             stats: PerCpu::new(ncpus, |_| Mutex::new(SchedStats::default()))
                 .expect("cpu count checked by the builder"),
             stack_size,
+            tick_ns: u64::try_from(tick.as_nanos()).unwrap_or(u64::MAX).max(1),
         }
     }
 
@@ -109,6 +119,11 @@ impl Shared {
             MachineClock::Real(c) => c.now(),
             MachineClock::Virtual(c) => c.now(),
         }
+    }
+
+    /// True once the machine is stopping.
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
     }
 
     pub(crate) fn inbox(&self, cpu: CpuId) -> &Inbox {
@@ -427,6 +442,8 @@ pub enum MachineError {
     AlreadyStopped,
     /// A CPU's OS thread panicked (a bug in dfly-lwkt: thread panics are caught).
     CpuPanicked(usize),
+    /// A scheduler tick period of zero ([`Builder::tick`]).
+    ZeroTick,
 }
 
 impl fmt::Display for MachineError {
@@ -439,6 +456,7 @@ impl fmt::Display for MachineError {
             MachineError::Thread(e) => write!(f, "cannot start a CPU thread: {e}"),
             MachineError::AlreadyStopped => f.write_str("the machine is already stopped"),
             MachineError::CpuPanicked(i) => write!(f, "CPU {i}'s OS thread panicked"),
+            MachineError::ZeroTick => f.write_str("the scheduler tick period must not be zero"),
         }
     }
 }
@@ -451,7 +469,11 @@ pub struct Builder {
     cpus: usize,
     pin: bool,
     stack_size: usize,
+    tick: Duration,
 }
+
+/// The default scheduler tick period: 10 ms (DragonFly's `hz` of 100).
+pub const DEFAULT_TICK: Duration = Duration::from_millis(10);
 
 impl Builder {
     /// Number of CPUs (OS threads). Default: the cores available to the process.
@@ -472,11 +494,29 @@ impl Builder {
         self
     }
 
+    /// The scheduler tick period of each CPU. Default [`DEFAULT_TICK`] (10 ms).
+    ///
+    /// At each tick, a thread that is running at the head of its priority level
+    /// while an equal-priority thread is runnable is moved behind its equals, and
+    /// its next [`Ctx::maybe_yield`] switches (round robin among equals for threads
+    /// that only ever call `maybe_yield`). Ticks are seen by `maybe_yield`, which
+    /// reads the clock once every 16 calls; there is no timer interrupt and no
+    /// extra OS thread. A period of zero makes [`build`](Self::build) fail with
+    /// [`MachineError::ZeroTick`]; a very long one (`Duration::MAX`) turns the
+    /// rotation off.
+    pub fn tick(mut self, period: Duration) -> Builder {
+        self.tick = period;
+        self
+    }
+
     /// Starts the CPUs.
     pub fn build(self) -> Result<Machine, MachineError> {
         let n = self.cpus;
         if n == 0 || n > dfly_core::MAX_CPUS {
             return Err(MachineError::BadCpuCount(n));
+        }
+        if self.tick.is_zero() {
+            return Err(MachineError::ZeroTick);
         }
         let xbar = Crossbar::new(n).map_err(MachineError::Crossbar)?;
         let shared = Arc::new(Shared::new(
@@ -484,6 +524,7 @@ impl Builder {
             Some(xbar.clone()),
             MachineClock::Real(RealClock),
             self.stack_size,
+            self.tick,
         ));
         let cores = dfly_core::affinity::available_cores();
         let ready = Arc::new(std::sync::Barrier::new(n + 1));
@@ -545,7 +586,12 @@ impl core::ops::Deref for Machine {
 impl Machine {
     /// A builder with the defaults.
     pub fn builder() -> Builder {
-        Builder { cpus: dfly_core::affinity::available_cores(), pin: false, stack_size: 64 * 1024 }
+        Builder {
+            cpus: dfly_core::affinity::available_cores(),
+            pin: false,
+            stack_size: 64 * 1024,
+            tick: DEFAULT_TICK,
+        }
     }
 
     /// A deterministic machine of `ncpus` virtual CPUs on the calling OS thread,
@@ -698,7 +744,13 @@ pub(crate) fn new_sim_shared(ncpus: usize, stack_size: usize) -> Result<Arc<Shar
     if ncpus == 0 || ncpus > dfly_core::MAX_CPUS {
         return Err(MachineError::BadCpuCount(ncpus));
     }
-    Ok(Arc::new(Shared::new(ncpus, None, MachineClock::Virtual(VirtualClock::new()), stack_size)))
+    Ok(Arc::new(Shared::new(
+        ncpus,
+        None,
+        MachineClock::Virtual(VirtualClock::new()),
+        stack_size,
+        DEFAULT_TICK,
+    )))
 }
 
 impl Shared {

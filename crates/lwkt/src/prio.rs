@@ -1,9 +1,14 @@
 //! Thread priorities: 0 (the idle level) to 31, higher runs first.
 //!
 //! The named levels follow DragonFly's `TDPRI_*` ladder so code ported from it keeps
-//! its meaning. Priorities are strict: a runnable thread never runs while a higher
-//! priority thread on the same CPU is runnable, and threads of equal priority take
-//! turns (FIFO, rotated at each tick and on [`crate::Ctx::yield_now`]).
+//! its meaning. Priorities are strict: a thread is picked to run only when no
+//! higher-priority thread of its CPU is runnable, and one made runnable while a
+//! lower one runs gets the CPU at the next scheduling point (a block, a
+//! [`crate::Ctx::yield_now`], or a [`crate::Ctx::maybe_yield`]; there is no
+//! preemption in between). Threads of equal priority take turns, FIFO: `yield_now`
+//! moves its caller behind its equals, and so does a scheduler tick
+//! ([`crate::Builder::tick`]) if the caller heads its level, noticed at its next
+//! `maybe_yield`.
 
 use core::fmt;
 

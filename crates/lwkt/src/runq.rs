@@ -3,7 +3,10 @@
 //!
 //! Only the owning CPU touches its run queue. The running thread stays on the queue,
 //! at the head of its level; blocking removes it, yielding moves it to the tail of
-//! its level (round robin among equals), and a higher level always runs first.
+//! its level (round robin among equals), and a higher level always runs first. A
+//! scheduler tick moves the running thread behind its equals only if it heads its
+//! level ([`RunQueue::rotate_head`]), so a thread that a yield already rotated is
+//! not pushed back a second time.
 //!
 //! The lists are intrusive, as DragonFly's `TAILQ`s are: each key (a thread's slot
 //! number) has one link record (next, previous, level) in a table indexed by the
@@ -153,6 +156,27 @@ impl<K: Copy + PartialEq + Into<usize> + TryFrom<usize>> RunQueue<K> {
         }
         let head = self.head[l as usize];
         head != NIL && (head != Self::index(k) || self.link(head).next != NIL)
+    }
+
+    /// True if some thread is queued at a level strictly above `p`.
+    #[inline]
+    pub(crate) fn any_above(&self, p: Priority) -> bool {
+        // Shifting in two steps keeps the shift below 32 for level 31.
+        (self.mask >> level(p)) >> 1 != 0
+    }
+
+    /// The scheduler tick's rule (DragonFly's `lwkt_schedulerclock`): if `k` is the
+    /// head of level `p` and another thread is queued at that level, `k` moves
+    /// behind its equals. Returns true if it moved.
+    #[inline]
+    pub(crate) fn rotate_head(&mut self, k: K, p: Priority) -> bool {
+        let i = Self::index(k);
+        let l = level(p);
+        if self.head[l as usize] != i || self.link(i).next == NIL {
+            return false;
+        }
+        self.rotate_to_tail(k, p);
+        true
     }
 
     /// Moves `k` (which must be queued at `p`) to the tail of its level.

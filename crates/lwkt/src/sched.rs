@@ -16,6 +16,18 @@
 //! with a continuation, migrate). Tokens are released right after the coroutine
 //! comes back and re-acquired (all or nothing) right before it is resumed.
 //!
+//! # The tick
+//! Each CPU keeps its tick period and next-tick time in its [`Inner`] (nothing
+//! shared, no timer thread). Only the running thread's
+//! [`Ctx::maybe_yield`] looks at them, when its clock read (every
+//! [`CLOCK_EVERY`] calls) finds the next-tick time passed: then the
+//! running thread, if it heads its level and an equal is runnable, is rotated
+//! behind its equals and switches (`Switch::Preempt`, back to the CPU loop). A
+//! deadline passed a whole period ago, found by a thread other than the last
+//! reader, was not watched and only restarts the period. Threads that block or
+//! `yield_now` give up the CPU themselves, so a CPU that runs no `maybe_yield`
+//! loop needs no tick and reads no clock for it.
+//!
 //! # Sleeping
 //! `tsleep_interlock` puts the thread on its CPU's sleep queue for `ident` and sets
 //! the CPU's bit in the ident's bucket mask (then a SeqCst fence) *before* the caller
@@ -119,6 +131,9 @@ pub(crate) enum Switch {
     YieldTo(Picked),
     Block,
     TokenWait,
+    /// [`Ctx::maybe_yield`] wants a reschedule: back to the CPU loop, which
+    /// handles requests and timers before it picks again.
+    Preempt,
 }
 
 /// A thread picked to run next: its key, uid and coroutine, taken out of its
@@ -317,6 +332,13 @@ pub struct SchedStats {
     pub stacks_created: u64,
     /// Times this CPU parked with nothing to do.
     pub parks: u64,
+    /// [`Ctx::maybe_yield`] calls that switched (under simulation: every call).
+    pub preempts: u64,
+    /// Scheduler ticks seen (by `maybe_yield`'s clock reads; see
+    /// [`crate::Builder::tick`]).
+    pub ticks: u64,
+    /// Ticks that moved the running thread behind an equal-priority thread.
+    pub tick_rotations: u64,
 }
 
 /// What one scheduling step did (for the simulation's trace and the idle logic).
@@ -346,7 +368,22 @@ pub(crate) struct Inner {
     pub(crate) stats: SchedStats,
     unpublished: u32,
     current: Option<usize>,
+    /// The tick period (ns, at least 1) and the machine time the next tick is due.
+    tick_ns: u64,
+    next_tick: u64,
+    /// `maybe_yield` calls on this CPU left before one reads the clock.
+    clock_countdown: u32,
+    /// The uid of the thread whose `maybe_yield` read the clock last (0: none).
+    clock_reader: u64,
 }
+
+/// [`Ctx::maybe_yield`] reads the clock (for the tick, due timers and the stop
+/// flag) once every this many calls on a CPU. Measured on the 2-core VM: a
+/// clock read 25-30 ns; a no-op call 4-4.5 ns without it and about 5 ns with it
+/// (callgrind: ~48 instructions a call, the clock's share included); a loop
+/// that calls it every microsecond notices a tick or a due timer at most 16 us
+/// late.
+pub(crate) const CLOCK_EVERY: u32 = 16;
 
 /// Events between two publications of a CPU's counters.
 const PUBLISH_EVERY: u32 = 256;
@@ -376,6 +413,8 @@ pub(crate) fn set_current_core(core: Option<Rc<CpuCore>>) {
 
 impl CpuCore {
     pub(crate) fn new(id: CpuId, shared: Arc<Shared>, ipi: Option<CpuHandle>) -> Rc<CpuCore> {
+        let tick_ns = shared.tick_ns;
+        let next_tick = shared.now().as_nanos().saturating_add(tick_ns);
         Rc::new(CpuCore {
             id,
             shared,
@@ -392,6 +431,10 @@ impl CpuCore {
                 stats: SchedStats::default(),
                 unpublished: 0,
                 current: None,
+                tick_ns,
+                next_tick,
+                clock_countdown: CLOCK_EVERY,
+                clock_reader: 0,
             }),
         })
     }
@@ -695,6 +738,66 @@ impl CpuCore {
         inner.timers.peek().is_some_and(|Reverse(t)| t.0 <= self.now().as_nanos())
     }
 
+    /// The decision of [`Ctx::maybe_yield`] for the running thread `key`: true if a
+    /// reschedule is wanted (see there). Every call looks at the run queue's
+    /// higher levels and the request queue; every [`CLOCK_EVERY`]th call also
+    /// reads the clock ([`preempt_clock`](Self::preempt_clock)).
+    #[inline]
+    fn preempt_wanted(&self, key: usize) -> bool {
+        let mut guard = self.inner.borrow_mut();
+        let inner = &mut *guard;
+        let p = inner.threads[key].prio;
+        let mut want =
+            inner.runq.any_above(p) || !self.shared.inbox(self.id).is_empty() || self.ipi.is_none();
+        inner.clock_countdown -= 1;
+        if inner.clock_countdown == 0 {
+            want |= self.preempt_clock(inner, key, p);
+        }
+        if want {
+            inner.stats.preempts += 1;
+        }
+        want
+    }
+
+    /// The clock-reading part of [`preempt_wanted`](Self::preempt_wanted): true if
+    /// a timer is due, the machine is stopping, or a tick found an equal-priority
+    /// thread runnable (the running thread is moved behind its equals if it heads
+    /// its level; if it does not, an equal is ahead of it anyway).
+    ///
+    /// A tick is due when the clock has passed the CPU's next-tick time; the next
+    /// one is then a period later. A deadline passed a whole period ago or more,
+    /// when another thread read the clock last, was not watched (the CPU idled,
+    /// or ran threads that never called `maybe_yield`): it starts a new period
+    /// instead of ticking, so a thread that starts a loop after a quiet spell is
+    /// not rotated at its first look. A thread that was the last reader is
+    /// ticked however long ago the deadline passed, so a loop that calls
+    /// `maybe_yield` rarely is still rotated, at its second clock read at the
+    /// latest.
+    #[cold]
+    #[inline(never)]
+    fn preempt_clock(&self, inner: &mut Inner, key: usize, p: Priority) -> bool {
+        inner.clock_countdown = CLOCK_EVERY;
+        let now = self.now().as_nanos();
+        let mut want =
+            self.shared.stopping() || inner.timers.peek().is_some_and(|Reverse(t)| t.0 <= now);
+        let uid = inner.threads[key].uid;
+        let same_reader = core::mem::replace(&mut inner.clock_reader, uid) == uid;
+        if now >= inner.next_tick {
+            let watched = same_reader || now - inner.next_tick < inner.tick_ns;
+            inner.next_tick = now.saturating_add(inner.tick_ns);
+            if watched {
+                inner.stats.ticks += 1;
+                if inner.runq.other_at_or_above(key, p) {
+                    want = true;
+                    if inner.runq.rotate_head(key, p) {
+                        inner.stats.tick_rotations += 1;
+                    }
+                }
+            }
+        }
+        want
+    }
+
     /// Picks the thread to run and takes its coroutine out of its record (the
     /// record says `Body::Running` until it is filed back). Fast path: the run
     /// queue's head, suspended on a stack, with no tokens to take.
@@ -840,7 +943,9 @@ impl CpuCore {
                             Some((key, uid, co)) => Picked { key, uid, co },
                             None => return (Ran::Yielded(uid), done),
                         },
-                        Switch::Yield | Switch::TokenWait => return (Ran::Yielded(uid), done),
+                        Switch::Yield | Switch::TokenWait | Switch::Preempt => {
+                            return (Ran::Yielded(uid), done)
+                        }
                         Switch::Block => return (Ran::Blocked(uid), done),
                     };
                     inner.current = Some(next.key);
@@ -1112,7 +1217,8 @@ impl<'y> Ctx<'y> {
 
     /// Changes this thread's priority. As in DragonFly this does not switch by
     /// itself; a higher-priority thread that is now runnable runs at the next
-    /// scheduling point ([`yield_now`](Self::yield_now) or a block).
+    /// scheduling point ([`yield_now`](Self::yield_now),
+    /// [`maybe_yield`](Self::maybe_yield) or a block).
     pub fn set_priority(&mut self, p: Priority) {
         let mut inner = self.core.inner.borrow_mut();
         let old = inner.threads[self.key].prio;
@@ -1140,6 +1246,39 @@ impl<'y> Ctx<'y> {
     pub fn yield_now(&mut self) {
         if let Some(why) = self.core.yield_prepare(self.key) {
             self.y.suspend(why);
+        }
+    }
+
+    /// A preemption point (DragonFly's `lwkt_yield`): switches only when a
+    /// reschedule is wanted, and otherwise returns at once, cheaply enough for a
+    /// tight loop (about 5 ns a call when nothing is wanted, on the 2-core VM this
+    /// was written on, where a clock read costs 25-30 ns). [`SchedStats::preempts`]
+    /// counts the calls that switched. A reschedule is wanted when
+    /// - a thread of strictly higher priority is runnable on this CPU (spawned,
+    ///   woken or scheduled here since this thread started running),
+    /// - requests (spawns, wakeups, schedules from other CPUs or foreign threads)
+    ///   are queued for this CPU,
+    /// - a timer of this CPU is due, or the machine is stopping,
+    /// - or a scheduler tick ([`crate::Builder::tick`]) found a runnable thread of
+    ///   this priority: this thread, if it headed its level, is moved behind its
+    ///   equals (round robin at each tick; DragonFly's `lwkt_schedulerclock`).
+    ///
+    /// The first two are looked at on every call; the clock, for the rest, once
+    /// every 16 calls on this CPU, so a tick, a due timer or a stop is noticed at
+    /// most 16 calls late (a loop should call it at least every few tens of
+    /// microseconds). Unlike [`yield_now`](Self::yield_now), it does not give the
+    /// CPU to an equal-priority thread before the next tick. When it switches, the
+    /// CPU looks at its requests and timers and then runs the first thread in
+    /// priority order, which is the caller again unless the reason was a tick or
+    /// a higher-priority thread.
+    ///
+    /// Under simulation every call goes back to the stepper (as `yield_now`
+    /// does), so the other simulated CPUs get their turns: a busy-wait must call
+    /// `maybe_yield` or `yield_now` in its loop, or the simulation stalls.
+    #[inline]
+    pub fn maybe_yield(&mut self) {
+        if self.core.preempt_wanted(self.key) {
+            self.y.suspend(Switch::Preempt);
         }
     }
 
@@ -1329,8 +1468,10 @@ impl<'y> Ctx<'y> {
             Acquire::Got(h) => Ok(h),
             Acquire::MustSwitch(h) => {
                 // Spin briefly (the holder is running on another CPU), then let the
-                // scheduler take every token for us, all or nothing.
-                for _ in 0..64 {
+                // scheduler take every token for us, all or nothing. Under
+                // simulation no other CPU runs while this one spins: switch at once.
+                let spins = if self.is_simulated() { 0 } else { 64 };
+                for _ in 0..spins {
                     core::hint::spin_loop();
                     let mut inner = self.core.inner.borrow_mut();
                     if inner.threads[self.key].tokens.acquire_all() {

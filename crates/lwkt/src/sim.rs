@@ -7,6 +7,11 @@
 //! a seeded few hundred nanoseconds. When no CPU has work, time jumps to the
 //! earliest timer; with no timers either, the run is over. Every step is folded
 //! into a trace hash, so two runs with the same seed and program have the same hash.
+//!
+//! A thread runs until it blocks, ends, or yields: [`Ctx::yield_now`] and
+//! [`Ctx::maybe_yield`] always end the step here, so a busy-wait that calls one of
+//! them lets the other CPUs run. The scheduler tick ([`crate::DEFAULT_TICK`] of
+//! virtual time) rotates equal-priority threads of one CPU as on a real machine.
 
 use core::fmt;
 use core::hash::Hasher;

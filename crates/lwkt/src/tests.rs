@@ -12,6 +12,8 @@ use proptest::prelude::*;
 use crate::runq::RunQueue;
 use crate::*;
 
+mod tick;
+
 // ---- run queue -------------------------------------------------------------------
 
 #[derive(Debug, Clone)]
@@ -19,6 +21,7 @@ enum RqOp {
     Push(u8, u8),
     Remove(u8),
     Rotate(u8),
+    RotateHead(u8),
 }
 
 fn rq_op() -> impl Strategy<Value = RqOp> {
@@ -26,12 +29,14 @@ fn rq_op() -> impl Strategy<Value = RqOp> {
         (0u8..16, 0u8..32).prop_map(|(k, p)| RqOp::Push(k, p)),
         (0u8..16).prop_map(RqOp::Remove),
         (0u8..16).prop_map(RqOp::Rotate),
+        (0u8..16).prop_map(RqOp::RotateHead),
     ]
 }
 
 proptest! {
     /// The run queue orders like the obvious model: a list per priority, highest
-    /// priority first, FIFO within a priority, rotation moves to the tail.
+    /// priority first, FIFO within a priority, rotation moves to the tail, and the
+    /// tick's rotation moves only the head of a level with more than one entry.
     #[test]
     fn run_queue_matches_model(ops in proptest::collection::vec(rq_op(), 0..200)) {
         let mut rq = RunQueue::<u8>::new();
@@ -63,6 +68,16 @@ proptest! {
                         model[p as usize].push_back(k);
                     }
                 }
+                RqOp::RotateHead(k) => {
+                    if let Some(p) = prio_of[k as usize] {
+                        let level = &mut model[p as usize];
+                        let want = level.front() == Some(&k) && level.len() > 1;
+                        if want {
+                            level.rotate_left(1);
+                        }
+                        prop_assert_eq!(rq.rotate_head(k, Priority::new(p as u32).unwrap()), want);
+                    }
+                }
             }
             let want: Vec<(u8, u8)> = (0..32usize).rev()
                 .flat_map(|p| model[p].iter().map(move |&k| (k, p as u8)))
@@ -70,6 +85,10 @@ proptest! {
             let got: Vec<(u8, u8)> = rq.iter().map(|(k, p)| (k, p.get())).collect();
             prop_assert_eq!(&got, &want);
             prop_assert_eq!(rq.len(), want.len());
+            for p in 0..32u8 {
+                let above = want.iter().any(|&(_, p2)| p2 > p);
+                prop_assert_eq!(rq.any_above(Priority::new(p as u32).unwrap()), above);
+            }
             for (k, p) in prio_of.iter().enumerate() {
                 if let Some(p) = p {
                     let pr = Priority::new(*p as u32).unwrap();
