@@ -15,14 +15,17 @@
 //! # The hit path
 //! [`Namecache::nlookup`] and [`Namecache::stat`] first try the path hint (see
 //! [`crate::hints`]): the entry the last lookup of the same bytes from the same
-//! start ended at, accepted only after `hinted` climbs from it to the start
-//! through parent links, matching names against the path's components from the
-//! end, under the same seqlock and rename-sequence checks as the walk below.
-//! Failing that they try `fast_walk`, whose end becomes the new hint. It reads
-//! the global rename sequence, then for each component hashes (parent, name),
-//! probes the index and checks the candidate slot's parent, name and state under
-//! the slot's seqlock, re-checking the directory's own sequence after each step (a
-//! ladder of snapshots), and at the end re-reads the rename sequence. It writes
+//! start ended at. An exact record of that lookup is accepted by `exact` if the
+//! topology sequence has not moved since it was proven and the end entry is
+//! still its parent's child of that name; a tag alone only after `hinted` climbs
+//! from the entry to the start through parent links, matching names against the
+//! path's components from the end, under the same seqlock and topology-sequence
+//! checks as the walk below. Failing that they try `fast_walk`, whose end becomes
+//! the new hint. It reads the topology sequence, then for each component hashes
+//! (parent, name), probes the index and checks the candidate slot's parent, name
+//! and state under the slot's seqlock, re-checking the directory's own sequence
+//! after each step (a ladder of snapshots), and at the end re-reads the topology
+//! sequence. It writes
 //! nothing shared: no lock, no reference count, no statistics line other than the
 //! calling thread's own counter stripe. Only the final entry of an `nlookup` is
 //! pinned (one `fetch_add` on that entry's count, then a sequence re-check); `stat`
@@ -41,8 +44,11 @@
 //!   backend. The *resolving* bit in the same word makes one thread ask the backend
 //!   about an unresolved entry while the others wait: one backend call per miss.
 //! - `Cache::rename_lock`: one rename or mount at a time, so the "not into its own
-//!   subtree" check and the relink see a stable tree. `rename_seq` is odd while a
-//!   relink is being written, so optimistic walks that overlap one retry.
+//!   subtree" check and the relink see a stable tree.
+//! - `Cache::topo_seq` (written under `topo`, by `topo_begin`/`topo_end`) is odd
+//!   while a relink, a mount, or a directory ceasing to be an indexed directory
+//!   is being written, so optimistic walks that overlap one retry and exact path
+//!   hints proven before it are no longer trusted.
 //!
 //! Lock order: `rename_lock`, entry locks (lower index first), `topo`, then the
 //! small leaf mutexes (`reap_q`, `long_names`, `symlinks`, `mounts`).
@@ -62,7 +68,7 @@ use dfly_core::CachePadded;
 use std::sync::Arc;
 
 use crate::backend::{Attr, Backend, Ino, Kind};
-use crate::hints::{Hints, Scan};
+use crate::hints::{Exact, Hint, Hints, Scan, EXACT_MAX};
 use crate::idmap::IdMap;
 use crate::slots::*;
 use crate::topo::Topo;
@@ -168,7 +174,7 @@ pub(crate) struct Cache {
     pub(crate) hints: Hints,
     pub(crate) topo: Mutex<Topo>,
     pub(crate) reap_q: Mutex<Vec<u32>>,
-    pub(crate) rename_seq: AtomicU32,
+    pub(crate) topo_seq: AtomicU64,
     pub(crate) neg_gen: AtomicU32,
     pub(crate) mounts: Mutex<IdMap<u32, Mount>>,
     pub(crate) next_mount: AtomicU32,
@@ -479,7 +485,7 @@ impl Namecache {
             hints: Hints::new(),
             topo: Mutex::new(Topo::default()),
             reap_q: Mutex::new(Vec::new()),
-            rename_seq: AtomicU32::new(0),
+            topo_seq: AtomicU64::new(0),
             neg_gen: AtomicU32::new(1),
             mounts: Mutex::new(IdMap::default()),
             next_mount: AtomicU32::new(1),
@@ -593,7 +599,11 @@ impl Namecache {
         self.c.arena.get(root).refs.fetch_add(1, Ordering::Relaxed);
         at.slot().refs.fetch_add(1, Ordering::Relaxed);
         lock(&self.c.mounts).insert(id, Mount { backend, root, over: Some(at.idx) });
+        // Covering a directory changes where paths through it lead.
+        let mut t = self.c.topo();
+        let began = self.c.topo_begin(&mut t);
         at.slot().covered_by.store(id, Ordering::Release);
+        self.c.topo_end(&mut t, began);
         Ok(())
     }
 
@@ -898,14 +908,94 @@ impl Namecache {
         if path.len() >= PATH_MAX {
             return Some(Err(Errno::NameTooLong));
         }
-        if let Some(r) = c.hints.get(h).and_then(|x| self.hinted(from, x, path, &scan, flags)) {
+        let x = match c.hints.get(h, from, path) {
+            Hint::Exact(e) => {
+                if let Some(r) = self.exact(e, path, flags) {
+                    return Some(Ok(r));
+                }
+                Some(e.x)
+            }
+            Hint::Tag(x) => Some(x),
+            Hint::None => None,
+        };
+        if let Some((r, proof)) = x.and_then(|x| self.hinted(from, x, path, &scan, flags)) {
+            self.remember(h, from, path, &r, proof);
             return Some(Ok(r));
         }
         let r = self.fast_walk(start, path, flags);
-        if let Some(Ok(Fast::Entry(x, _) | Fast::Missing(x) | Fast::Read(x, _, _))) = r {
-            c.hints.put(h, x);
+        if let Some(Ok((f, proof))) = &r {
+            self.remember(h, from, path, f, *proof);
         }
-        r
+        r.map(|r| r.map(|(f, _)| f))
+    }
+
+    /// Leaves the hint for a proven lookup: an exact record when the path is
+    /// short enough and ends in a name, else the end slot alone.
+    #[inline]
+    fn remember(&self, h: u64, from: u32, path: &[u8], r: &Fast, proof: Proof) {
+        let c = &*self.c;
+        let x = match *r {
+            Fast::Entry(x, _) | Fast::Missing(x) | Fast::Read(x, _, _) => x,
+        };
+        if path.len() <= EXACT_MAX {
+            let end = path.iter().rposition(|&b| b != b'/').map_or(0, |i| i + 1);
+            let start = path[..end].iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
+            let comp = &path[start..end];
+            if !comp.is_empty() && comp != b"." && comp.len() <= INLINE {
+                let e = Exact {
+                    x,
+                    parent: proof.parent,
+                    topo: proof.topo,
+                    last: (start, comp.len()),
+                    comps: proof.comps,
+                };
+                c.hints.put_exact(h, from, path, e);
+                return;
+            }
+        }
+        c.hints.put(h, x);
+    }
+
+    /// Checks an exact record of this lookup (see [`crate::hints`]): if the
+    /// topology sequence is still the one the record was proven at, no
+    /// directory has stopped being one, moved, or been covered since, so the
+    /// path up to its last component still leads to the recorded parent; the
+    /// end slot, read whole, must then still be that parent's indexed child of
+    /// that name, and pass the forward walk's rules for the end of a path.
+    /// `None`: take the climb or the walk.
+    #[inline]
+    fn exact(&self, e: Exact, path: &[u8], flags: Flags) -> Option<Fast> {
+        let c = &*self.c;
+        let r0 = c.topo_seq.load(Ordering::Acquire);
+        if r0 != e.topo {
+            return None;
+        }
+        let xs = c.arena.get(e.x);
+        let snap = xs.try_read()?;
+        let comp = &path[e.last.0..e.last.0 + e.last.1];
+        let trailing = path.ends_with(b"/");
+        let neg_gen = c.neg_gen.load(Ordering::Acquire);
+        if snap.parent != e.parent || !end_ok(xs, &snap, comp, trailing, flags, neg_gen) {
+            return None;
+        }
+        fence(Ordering::Acquire);
+        if xs.seq.load(Ordering::Relaxed) != snap.seq || c.topo_seq.load(Ordering::Relaxed) != r0 {
+            return None;
+        }
+        let n = u64::from(e.comps);
+        if snap.code() == C_NEGATIVE {
+            c.count(|s| &s.negative_hits, 1);
+            if n > 1 {
+                c.count(|s| &s.hits, n - 1);
+            }
+            return Some(if flags.create {
+                Fast::Entry(e.x, snap.seq)
+            } else {
+                Fast::Missing(e.x)
+            });
+        }
+        c.count(|s| &s.hits, n);
+        attr_of(&snap).map(|a| Fast::Read(e.x, snap.seq, a))
     }
 
     /// Proves the hint that `path` from `from` ends at slot `x` by climbing
@@ -917,9 +1007,16 @@ impl Namecache {
     /// `None`: the hint does not hold (or the path has `.`, `..` or names over 32
     /// bytes, which only the forward walk handles). No shared writes but the
     /// stripe.
-    fn hinted(&self, from: u32, x: u32, path: &[u8], scan: &Scan, flags: Flags) -> Option<Fast> {
+    fn hinted(
+        &self,
+        from: u32,
+        x: u32,
+        path: &[u8],
+        scan: &Scan,
+        flags: Flags,
+    ) -> Option<(Fast, Proof)> {
         let c = &*self.c;
-        let r0 = c.rename_seq.load(Ordering::Acquire);
+        let r0 = c.topo_seq.load(Ordering::Acquire);
         if r0 & 1 != 0 {
             return None;
         }
@@ -934,24 +1031,7 @@ impl Namecache {
         }
         let xs = c.arena.get(x);
         let snap = xs.try_read()?;
-        let w = pack(comp);
-        // Word by word (names up to 8 bytes have zeros after the first word on
-        // both sides): one wide compare of freshly stored words stalls on store
-        // forwarding.
-        let same = snap.words[0] == w[0]
-            && (comp.len() <= 8
-                || (snap.words[1] == w[1] && snap.words[2] == w[2] && snap.words[3] == w[3]));
-        if snap.len() != comp.len() || !same || !snap.hashed() {
-            return None;
-        }
-        let ok = match snap.code() {
-            C_DIR => true,
-            C_FILE | C_OTHER => !trailing,
-            C_SYMLINK => !trailing && !flags.follow,
-            C_NEGATIVE => snap.ino as u32 == neg_gen,
-            _ => false,
-        };
-        if !ok || (snap.code() != C_NEGATIVE && xs.covered_by.load(Ordering::Acquire) != 0) {
+        if !end_ok(xs, &snap, comp, trailing, flags, neg_gen) {
             return None;
         }
         // The directories above it, up to `from`.
@@ -1000,28 +1080,35 @@ impl Namecache {
         fence(Ordering::Acquire);
         if (from != c.root && fs.seq.load(Ordering::Relaxed) != fseq)
             || xs.seq.load(Ordering::Relaxed) != snap.seq
-            || c.rename_seq.load(Ordering::Relaxed) != r0
+            || c.topo_seq.load(Ordering::Relaxed) != r0
         {
             return None;
         }
+        let proof = Proof { parent: snap.parent, topo: r0, comps: n as u32 };
         if snap.code() == C_NEGATIVE {
             c.count(|s| &s.negative_hits, 1);
             if n > 1 {
                 c.count(|s| &s.hits, n - 1);
             }
-            return Some(if flags.create { Fast::Entry(x, snap.seq) } else { Fast::Missing(x) });
+            let f = if flags.create { Fast::Entry(x, snap.seq) } else { Fast::Missing(x) };
+            return Some((f, proof));
         }
         c.count(|s| &s.hits, n);
         // The end codes accepted above all have attributes.
-        attr_of(&snap).map(|a| Fast::Read(x, snap.seq, a))
+        attr_of(&snap).map(|a| (Fast::Read(x, snap.seq, a), proof))
     }
 
     /// The optimistic forward walk (see the module docs). `None`: take the
     /// locked walk. Kept out of line so the hint path stays small.
     #[inline(never)]
-    fn fast_walk(&self, start: &Ncp, path: &[u8], flags: Flags) -> Option<Result<Fast, Errno>> {
+    fn fast_walk(
+        &self,
+        start: &Ncp,
+        path: &[u8],
+        flags: Flags,
+    ) -> Option<Result<(Fast, Proof), Errno>> {
         let c = &*self.c;
-        let r0 = c.rename_seq.load(Ordering::Acquire);
+        let r0 = c.topo_seq.load(Ordering::Acquire);
         if r0 & 1 != 0 {
             return None;
         }
@@ -1031,6 +1118,7 @@ impl Namecache {
         let mut cur_seq = cur_slot.seq.load(Ordering::Acquire);
         let mut code = cur_slot.meta.load(Ordering::Acquire) & 0xff;
         let mut hits = 0u64;
+        let mut parent = NIL;
         let mut rest = path;
         loop {
             if cur_seq & 1 != 0 || cur_slot.covered_by.load(Ordering::Acquire) != 0 {
@@ -1077,20 +1165,20 @@ impl Namecache {
                 C_SYMLINK if last && !trailing && !flags.follow => {}
                 C_NEGATIVE if stamp as u32 != neg_gen => return None,
                 C_NEGATIVE if last => {
-                    if c.rename_seq.load(Ordering::Acquire) != r0 {
+                    if c.topo_seq.load(Ordering::Acquire) != r0 {
                         return None;
                     }
                     c.count(|s| &s.negative_hits, 1);
                     c.count(|s| &s.hits, hits - 1);
-                    return Some(Ok(if flags.create {
-                        Fast::Entry(child, seq)
-                    } else {
-                        Fast::Missing(child)
-                    }));
+                    let f =
+                        if flags.create { Fast::Entry(child, seq) } else { Fast::Missing(child) };
+                    let proof = Proof { parent: cur, topo: r0, comps: hits as u32 };
+                    return Some(Ok((f, proof)));
                 }
                 C_NEGATIVE => return Some(Err(Errno::NoEnt)),
                 _ => return None,
             }
+            parent = cur;
             cur = child;
             cur_slot = c.arena.get(child);
             cur_seq = seq;
@@ -1108,13 +1196,13 @@ impl Namecache {
             return None;
         }
         fence(Ordering::Acquire);
-        if c.rename_seq.load(Ordering::Relaxed) != r0 {
+        if c.topo_seq.load(Ordering::Relaxed) != r0 {
             return None;
         }
         if hits > 0 {
             c.count(|s| &s.hits, hits);
         }
-        Some(Ok(Fast::Entry(cur, cur_seq)))
+        Some(Ok((Fast::Entry(cur, cur_seq), Proof { parent, topo: r0, comps: hits as u32 })))
     }
 
     /// A create or rename-target lookup: the last component's entry, locked
@@ -1245,6 +1333,42 @@ impl Namecache {
 }
 
 /// What the hit path found.
+/// The forward walk's rules for the entry a path ends at, applied to a hinted
+/// end read whole (`snap` of slot `xs`): indexed, named `comp` (inline names
+/// only), a directory if the path has a trailing slash, a symlink only when not
+/// following, a negative only of the current generation, not covered by a mount.
+#[inline(always)]
+fn end_ok(xs: &Slot, snap: &Snap, comp: &[u8], trailing: bool, flags: Flags, neg_gen: u32) -> bool {
+    let w = pack(comp);
+    // Word by word (names up to 8 bytes have zeros after the first word on both
+    // sides): one wide compare of freshly stored words stalls on store
+    // forwarding.
+    let same = snap.words[0] == w[0]
+        && (comp.len() <= 8
+            || (snap.words[1] == w[1] && snap.words[2] == w[2] && snap.words[3] == w[3]));
+    if snap.len() != comp.len() || !same || !snap.hashed() {
+        return false;
+    }
+    let ok = match snap.code() {
+        C_DIR => true,
+        C_FILE | C_OTHER => !trailing,
+        C_SYMLINK => !trailing && !flags.follow,
+        C_NEGATIVE => snap.ino as u32 == neg_gen,
+        _ => false,
+    };
+    ok && (snap.code() == C_NEGATIVE || xs.covered_by.load(Ordering::Acquire) == 0)
+}
+
+/// What a proven lookup knows besides its end, for its exact hint: the end's
+/// parent slot, the topology sequence it was proven at, and the components it
+/// matched.
+#[derive(Debug, Clone, Copy)]
+struct Proof {
+    parent: u32,
+    topo: u64,
+    comps: u32,
+}
+
 enum Fast {
     /// This slot, at this sequence.
     Entry(u32, u32),

@@ -334,11 +334,10 @@ impl Namecache {
         // Relink: the target entry is destroyed; the source takes its place.
         {
             let mut t = self.c.topo();
-            let r = self.c.rename_seq.load(Ordering::Relaxed);
-            self.c.rename_seq.store(r.wrapping_add(1), Ordering::SeqCst);
+            let began = self.c.topo_begin(&mut t);
             self.c.destroy_locked(&mut t, dst.idx);
             self.c.relink_locked(&mut t, src.idx, td.idx, tname);
-            self.c.rename_seq.store(r.wrapping_add(2), Ordering::Release);
+            self.c.topo_end(&mut t, began);
         }
         if let Some(da) = da {
             if da.kind != Kind::Dir && da.nlink > 1 {
@@ -487,10 +486,10 @@ impl Namecache {
     /// ```
     pub fn fullpath(&self, ncp: &Ncp) -> FullPath {
         for _ in 0..64 {
-            let r0 = self.c.rename_seq.load(Ordering::Acquire);
+            let r0 = self.c.topo_seq.load(Ordering::Acquire);
             if r0 & 1 == 0 {
                 let fp = self.fullpath_once(ncp);
-                if self.c.rename_seq.load(Ordering::Acquire) == r0 {
+                if self.c.topo_seq.load(Ordering::Acquire) == r0 {
                     return fp;
                 }
             }

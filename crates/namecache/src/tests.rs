@@ -918,6 +918,111 @@ fn a_path_hint_never_changes_an_answer() {
     assert_eq!(nc.stat(&r, b"/z/b/d/g").unwrap_err(), Errno::NoEnt);
 }
 
+/// True if the hint cell of `path` (from the root) holds an exact record of it.
+fn exact_hinted(nc: &Namecache, path: &[u8]) -> bool {
+    let h = nc.c.hints.scan(nc.c.root, path).hash;
+    matches!(nc.c.hints.get(h, nc.c.root, path), crate::hints::Hint::Exact(_))
+}
+
+#[test]
+fn exact_hints_die_with_the_topology_they_were_proven_in() {
+    let (nc, fs) = nc();
+    let r = nc.root();
+    let look = |p: &[u8]| nc.stat(&r, p).map(|a| (a.kind, a.ino));
+    nc.mkdir(&r, b"/a", 0o755).unwrap();
+    nc.mkdir(&r, b"/a/b", 0o755).unwrap();
+    let f = nc.create(&r, b"/a/b/f", 0o644).unwrap();
+    let f_ino = f.attr().unwrap().ino;
+    // Proven twice over: the first lookup leaves the record, the second uses it.
+    assert_eq!(look(b"/a/b/f"), Ok((Kind::File, f_ino)));
+    assert!(exact_hinted(&nc, b"/a/b/f"));
+    assert_eq!(look(b"/a/b/f"), Ok((Kind::File, f_ino)));
+    // A miss makes the negative entry; the next lookup proves and records it.
+    assert_eq!(look(b"/a/b/nope"), Err(Errno::NoEnt));
+    assert_eq!(look(b"/a/b/nope"), Err(Errno::NoEnt));
+    assert!(exact_hinted(&nc, b"/a/b/nope"));
+    let before = nc.stats();
+    assert_eq!(look(b"/a/b/nope"), Err(Errno::NoEnt));
+    assert_eq!(look(b"/a/b/f"), Ok((Kind::File, f_ino)));
+    let after = nc.stats();
+    assert_eq!(after.hits - before.hits, 2 + 3, "components counted from the records");
+    assert_eq!(after.negative_hits - before.negative_hits, 1);
+
+    // Behind the cache's back, /a becomes a file; invalidating /a must end every
+    // path through it, although /a/b/f stays held, indexed, and named as before.
+    let root_ino = fs.root();
+    fs.rename(root_ino, b"a", root_ino, b"old-a").unwrap();
+    fs.create(root_ino, b"a", 0o644).unwrap();
+    let a = nc.nlookup(&r, b"/a", Flags::default()).unwrap();
+    nc.invalidate(&a);
+    assert_eq!(look(b"/a/b/f"), Err(Errno::NotDir));
+    assert_eq!(look(b"/a/b/nope"), Err(Errno::NotDir));
+    assert_eq!(look(b"/a"), Ok((Kind::File, nc.stat(&r, b"/a").unwrap().ino)));
+    assert!(!f.is_destroyed(), "the held entry itself never changed");
+    drop((a, f));
+
+    // A rename of a directory above the end, and a directory made again in its
+    // place, with a file of the same name under it.
+    nc.mkdir(&r, b"/c", 0o755).unwrap();
+    nc.mkdir(&r, b"/c/d", 0o755).unwrap();
+    let g = nc.create(&r, b"/c/d/g", 0o644).unwrap().attr().unwrap().ino;
+    assert_eq!(look(b"/c/d/g"), Ok((Kind::File, g)));
+    assert!(exact_hinted(&nc, b"/c/d/g"));
+    nc.rename(&r, b"/c", b"/e").unwrap();
+    assert_eq!(look(b"/c/d/g"), Err(Errno::NoEnt));
+    nc.mkdir(&r, b"/c", 0o755).unwrap();
+    nc.mkdir(&r, b"/c/d", 0o755).unwrap();
+    let g2 = nc.create(&r, b"/c/d/g", 0o644).unwrap().attr().unwrap().ino;
+    assert_ne!(g, g2);
+    assert_eq!(look(b"/c/d/g"), Ok((Kind::File, g2)));
+    assert_eq!(look(b"/e/d/g"), Ok((Kind::File, g)));
+
+    // The end replaced under the same name (unlink and create: no directory
+    // changes, so only the end entry's own checks can catch it).
+    assert_eq!(look(b"/c/d/g"), Ok((Kind::File, g2)));
+    assert!(exact_hinted(&nc, b"/c/d/g"));
+    nc.unlink(&r, b"/c/d/g").unwrap();
+    assert_eq!(look(b"/c/d/g"), Err(Errno::NoEnt));
+    nc.mkdir(&r, b"/c/d/g", 0o755).unwrap();
+    assert_eq!(look(b"/c/d/g").unwrap().0, Kind::Dir);
+    assert_eq!(look(b"/c/d/g/").unwrap().0, Kind::Dir);
+
+    // A directory removed while a negative entry under it is hinted, and made
+    // again with the name now present.
+    nc.mkdir(&r, b"/n", 0o755).unwrap();
+    assert_eq!(look(b"/n/x"), Err(Errno::NoEnt));
+    assert_eq!(look(b"/n/x"), Err(Errno::NoEnt));
+    assert!(exact_hinted(&nc, b"/n/x"));
+    nc.rmdir(&r, b"/n").unwrap();
+    assert_eq!(look(b"/n/x"), Err(Errno::NoEnt));
+    nc.mkdir(&r, b"/n", 0o755).unwrap();
+    let x = nc.create(&r, b"/n/x", 0o644).unwrap().attr().unwrap().ino;
+    assert_eq!(look(b"/n/x"), Ok((Kind::File, x)));
+
+    // A mount on a directory in the middle of a hinted path.
+    nc.mkdir(&r, b"/m", 0o755).unwrap();
+    nc.mkdir(&r, b"/m/k", 0o755).unwrap();
+    nc.create(&r, b"/m/k/h", 0o644).unwrap();
+    assert!(look(b"/m/k/h").is_ok());
+    assert!(exact_hinted(&nc, b"/m/k/h"));
+    let k = nc.nlookup(&r, b"/m/k", Flags::default()).unwrap();
+    nc.mount(&k, Arc::new(MemFs::new())).unwrap();
+    assert_eq!(look(b"/m/k/h"), Err(Errno::NoEnt));
+
+    // Paths too long for a record, or ending in `.`, keep a tag-only hint and
+    // the same answers.
+    let mut long = b"/c/d/g".to_vec();
+    while long.len() <= crate::hints::EXACT_MAX {
+        long.extend_from_slice(b"/.");
+    }
+    assert_eq!(look(&long).unwrap().0, Kind::Dir);
+    assert_eq!(look(&long).unwrap().0, Kind::Dir);
+    assert!(!exact_hinted(&nc, &long));
+    assert_eq!(look(b"/c/d/."), look(b"/c/d"));
+    assert_eq!(look(b"/c/d/."), look(b"/c/d"));
+    assert!(!exact_hinted(&nc, b"/c/d/."));
+}
+
 #[test]
 fn hit_counts_are_exact_across_many_threads() {
     // Threads past the 64 that own a counter stripe share the others with atomic

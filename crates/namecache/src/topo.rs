@@ -27,7 +27,7 @@ use std::collections::VecDeque;
 
 use std::sync::Arc;
 
-use dfly_core::sync::atomic::{AtomicU64, Ordering};
+use dfly_core::sync::atomic::{fence, AtomicU64, Ordering};
 use dfly_core::sync::MutexGuard;
 
 use crate::backend::Backend;
@@ -311,14 +311,47 @@ impl Cache {
         }
     }
 
+    /// Starts a change of the topology (mutex held): makes `topo_seq` odd, so
+    /// optimistic lookups that overlap it retry and exact hints proven before it
+    /// stop holding. False if a change is already under way (a nested call);
+    /// pass the result to [`topo_end`](Self::topo_end).
+    ///
+    /// A topology change is anything that can make a path stop leading where it
+    /// led while the entry it led to stays: a relink (rename), a directory that
+    /// stops being an indexed directory (removed, invalidated, evicted, its slot
+    /// freed), a mount on a directory.
+    pub(crate) fn topo_begin(&self, _t: &mut Topo) -> bool {
+        let r = self.topo_seq.load(Ordering::Relaxed);
+        if r & 1 != 0 {
+            return false;
+        }
+        self.topo_seq.store(r.wrapping_add(1), Ordering::SeqCst);
+        // The odd value is visible before any write of the change.
+        fence(Ordering::Release);
+        true
+    }
+
+    /// Ends the change [`topo_begin`](Self::topo_begin) started, if it did.
+    pub(crate) fn topo_end(&self, _t: &mut Topo, began: bool) {
+        if began {
+            let r = self.topo_seq.load(Ordering::Relaxed);
+            self.topo_seq.store(r.wrapping_add(1), Ordering::Release);
+        }
+    }
+
     /// Sets the state of `idx` (mutex held) and keeps the counts and queues.
     pub(crate) fn set_state_locked(&self, t: &mut Topo, idx: u32, st: State) {
         let s = self.arena.get(idx);
         let old = self.snap(idx);
+        // A directory that stops being one changes the topology (see `topo_begin`).
+        let dir_lost = old.code() == C_DIR
+            && !matches!(st, State::Positive(a) if a.kind == crate::backend::Kind::Dir);
+        let began = dir_lost && self.topo_begin(t);
         s.begin_write();
         let flags = if st == State::Destroyed { 0 } else { old.meta & F_HASHED };
         self.write_state(s, st, old.len(), flags);
         s.end_write();
+        self.topo_end(t, began);
         if old.code() == C_SYMLINK || st == State::Destroyed {
             lock(&self.symlinks).remove(&idx);
         }
@@ -477,13 +510,16 @@ impl Cache {
             return false;
         }
         let h = self.rehash_snap(idx, &old);
+        let began = old.code() == C_DIR && self.topo_begin(t);
         if !s.retire_begin() {
+            self.topo_end(t, began);
             return false;
         }
         s.parent.store(NIL, Ordering::Relaxed);
         s.set_meta(C_FREE, 0, 0);
         s.end_write();
         self.index.remove(&mut t.idx, h, idx);
+        self.topo_end(t, began);
         if old.code() == C_NEGATIVE {
             Self::neg_dec(t, old.parent);
         }
