@@ -1148,6 +1148,78 @@ fn readers_never_see_an_older_file_after_a_newer_one() {
 }
 
 #[test]
+fn readers_never_see_a_file_of_a_directory_replaced_before() {
+    // As above, but the writer replaces the directories on the path: renames
+    // /a or /a/b away (the old file stays reachable under its new name, and held
+    // entries keep their names) or removes /a/b, then makes the chain and a new
+    // /a/b/f again. Exact path hints of /a/b/f are proven and used throughout;
+    // once a reader has seen a version it must never see an older one.
+    let (nc, _) = nc();
+    let r = nc.root();
+    nc.mkdir(&r, b"/a", 0o755).unwrap();
+    nc.mkdir(&r, b"/a/b", 0o755).unwrap();
+    nc.create(&r, b"/a/b/f", 0o644).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..3)
+        .map(|k| {
+            let (nc, r, stop) = (nc.clone(), r.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut last, mut seen) = (0u64, 0u64);
+                let t0 = Instant::now();
+                while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(20) {
+                    // A handle's entry may be removed right after the lookup
+                    // (no attributes then): that is a miss, not a version.
+                    let got = if k == 2 {
+                        nc.nlookup(&r, b"a/b/f", Flags::default())
+                            .and_then(|e| e.attr().ok_or(Errno::NoEnt))
+                    } else {
+                        nc.stat(&r, b"/a/b/f")
+                    };
+                    match got {
+                        Ok(a) => {
+                            assert!(a.ino >= last, "saw inode {} after {last}", a.ino);
+                            last = a.ino;
+                            seen += 1;
+                        }
+                        Err(e) => assert!(matches!(e, Errno::NoEnt | Errno::NotDir), "{e:?}"),
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    let t0 = Instant::now();
+    for v in 0..5_000u32 {
+        if t0.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        let old = format!("/old{v}");
+        match v % 3 {
+            0 => {
+                nc.rename(&r, b"/a", old.as_bytes()).unwrap();
+                nc.mkdir(&r, b"/a", 0o755).unwrap();
+                nc.mkdir(&r, b"/a/b", 0o755).unwrap();
+            }
+            1 => {
+                nc.rename(&r, b"/a/b", old.as_bytes()).unwrap();
+                nc.mkdir(&r, b"/a/b", 0o755).unwrap();
+            }
+            _ => {
+                nc.unlink(&r, b"/a/b/f").unwrap();
+                nc.rmdir(&r, b"/a/b").unwrap();
+                nc.mkdir(&r, b"/a/b", 0o755).unwrap();
+            }
+        }
+        nc.create(&r, b"/a/b/f", 0o644).unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in readers {
+        assert!(h.join().unwrap() > 0);
+    }
+    assert_eq!(nc.check_invariants(), Ok(()));
+}
+
+#[test]
 fn negative_generation_makes_negatives_stale() {
     let (nc, fs) = nc();
     let r = nc.root();
