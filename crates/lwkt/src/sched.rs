@@ -1454,6 +1454,7 @@ impl<'y> Ctx<'y> {
 
     // ---- tokens -----------------------------------------------------------------
 
+    #[inline]
     fn acquire(
         &mut self,
         tok: TokenRef,
@@ -1466,46 +1467,55 @@ impl<'y> Ctx<'y> {
         };
         match r {
             Acquire::Got(h) => Ok(h),
-            Acquire::MustSwitch(h) => {
-                // Spin briefly (the holder is running on another CPU), then let the
-                // scheduler take every token for us, all or nothing. Under
-                // simulation no other CPU runs while this one spins: switch at once.
-                let spins = if self.is_simulated() { 0 } else { 64 };
-                for _ in 0..spins {
-                    core::hint::spin_loop();
-                    let mut inner = self.core.inner.borrow_mut();
-                    if inner.threads[self.key].tokens.acquire_all() {
-                        return Ok(h);
-                    }
-                    inner.stats.token_contention += 1;
-                }
-                loop {
-                    self.suspend(Switch::TokenWait);
-                    if self.core.inner.borrow().threads[self.key].tokens.all_acquired() {
-                        return Ok(h);
-                    }
-                }
+            Acquire::MustSwitch(h) => self.acquire_wait(h),
+        }
+    }
+
+    /// The token of `h` (pushed on this thread's stack) is held elsewhere: spin
+    /// briefly (the holder is running on another CPU), then let the scheduler
+    /// take every token for us, all or nothing. Under simulation no other CPU
+    /// runs while this one spins: switch at once.
+    #[cold]
+    #[inline(never)]
+    fn acquire_wait(&mut self, h: Held) -> Result<Held, TokenError> {
+        let spins = if self.is_simulated() { 0 } else { 64 };
+        for _ in 0..spins {
+            core::hint::spin_loop();
+            let mut inner = self.core.inner.borrow_mut();
+            if inner.threads[self.key].tokens.acquire_all() {
+                return Ok(h);
+            }
+            inner.stats.token_contention += 1;
+        }
+        loop {
+            self.suspend(Switch::TokenWait);
+            if self.core.inner.borrow().threads[self.key].tokens.all_acquired() {
+                return Ok(h);
             }
         }
     }
 
     /// Takes `tok` exclusively, switching away while it is held elsewhere (all of
     /// this thread's tokens are released meanwhile and retaken together).
+    #[inline]
     pub fn get_token(&mut self, tok: impl Into<TokenRef>) -> Result<Held, TokenError> {
         self.acquire(tok.into(), true, false)
     }
 
     /// Takes `tok` shared.
+    #[inline]
     pub fn get_token_shared(&mut self, tok: impl Into<TokenRef>) -> Result<Held, TokenError> {
         self.acquire(tok.into(), false, false)
     }
 
     /// Takes `tok` exclusively if that is possible without waiting.
+    #[inline]
     pub fn try_token(&mut self, tok: impl Into<TokenRef>) -> Result<Held, TokenError> {
         self.acquire(tok.into(), true, true)
     }
 
     /// Releases a hold; it must be the most recent one still held (LIFO).
+    #[inline]
     pub fn release(&mut self, held: Held) -> Result<(), ReleaseError> {
         let mut inner = self.core.inner.borrow_mut();
         inner.threads[self.key]
@@ -1519,12 +1529,14 @@ impl<'y> Ctx<'y> {
         self.core.inner.borrow().threads[self.key].tokens.len()
     }
 
-    /// `Ok(exclusive)` if `held` is one of this thread's live holds.
-    pub(crate) fn check_held(&self, held: &Held) -> Result<bool, TokenError> {
+    /// `Ok((exclusive, token address))` if `held` is one of this thread's live
+    /// holds; exclusive if the thread holds that token exclusively (directly or
+    /// by a recursive hold).
+    pub(crate) fn check_held(&self, held: &Held) -> Result<(bool, usize), TokenError> {
         let inner = self.core.inner.borrow();
         let toks = &inner.threads[self.key].tokens;
-        toks.check(held, self.uid)?;
-        Ok(toks.holds_exclusive(held.addr()))
+        let addr = toks.check(held, self.uid)?;
+        Ok((toks.holds_exclusive(addr), addr))
     }
 
     // ---- continuations ----------------------------------------------------------

@@ -590,6 +590,48 @@ fn token_cells_enforce_holds_modes_and_borrows() {
 }
 
 #[test]
+fn a_hold_smuggled_to_another_thread_proves_nothing_there() {
+    // Held is not Send, but two LWKT threads of one CPU share an OS thread, so a
+    // thread-local can carry one across. The other thread's own first hold has
+    // the same stack index and sequence number; only the thread check tells them
+    // apart, and the stale hold must not open the cell.
+    thread_local! {
+        static SMUGGLED: std::cell::RefCell<Option<Held>> = const { std::cell::RefCell::new(None) };
+    }
+    let tok: &'static Token = Box::leak(Box::new(Token::new("smuggled")));
+    let cell: &'static TokenCell<u32> = Box::leak(Box::new(TokenCell::new(tok, 7)));
+    let mut sim = Machine::simulated(1, 0).unwrap();
+    let a = sim
+        .spawn(Spawn::on_cpu(0), move |cx| {
+            let held = cx.get_token(tok).unwrap();
+            assert_eq!(*cell.borrow(&held, cx).unwrap(), 7);
+            SMUGGLED.with(|s| *s.borrow_mut() = Some(held));
+            // Blocking releases the token; the thread ends without it.
+            cx.sleep(Duration::from_millis(1));
+        })
+        .unwrap();
+    let b = sim
+        .spawn(Spawn::on_cpu(0), move |cx| {
+            let stolen = SMUGGLED.with(|s| s.borrow_mut().take()).expect("A ran first");
+            let mine = cx.get_token(tok).unwrap();
+            assert_eq!(*cell.borrow(&mine, cx).unwrap(), 7);
+            let refused = (
+                cell.borrow(&stolen, cx).err(),
+                cell.borrow_mut(&stolen, cx).err(),
+                cx.release(stolen).err().map(|e| e.error),
+            );
+            cx.release(mine).unwrap();
+            refused
+        })
+        .unwrap();
+    sim.run().unwrap();
+    a.try_join().unwrap();
+    let nh = Some(TokenError::NotHeld);
+    assert_eq!(b.try_join().unwrap(), (nh, nh, nh));
+    assert!(!tok.is_held_exclusive());
+}
+
+#[test]
 fn at_most_32_tokens() {
     let mut sim = Machine::simulated(1, 0).unwrap();
     let h = sim

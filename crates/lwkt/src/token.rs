@@ -33,6 +33,7 @@
 use core::cell::UnsafeCell;
 use core::fmt;
 use core::marker::PhantomData;
+use core::num::NonZeroU64;
 use core::ops::{Deref, DerefMut};
 use dfly_core::sync::Arc;
 
@@ -99,10 +100,12 @@ impl Token {
         self.state.load(Ordering::Relaxed) & !EXCL
     }
 
+    #[inline]
     fn try_exclusive(&self) -> bool {
         self.state.compare_exchange(0, EXCL, Ordering::Acquire, Ordering::Relaxed).is_ok()
     }
 
+    #[inline]
     fn try_shared(&self) -> bool {
         let mut s = self.state.load(Ordering::Relaxed);
         loop {
@@ -116,10 +119,12 @@ impl Token {
         }
     }
 
+    #[inline]
     fn release_exclusive(&self) {
         self.state.store(0, Ordering::Release);
     }
 
+    #[inline]
     fn release_shared(&self) {
         self.state.fetch_sub(1, Ordering::Release);
     }
@@ -157,6 +162,7 @@ impl fmt::Debug for TokenRef {
 }
 
 impl TokenRef {
+    #[inline]
     fn get(&self) -> &Token {
         match self {
             TokenRef::Static(t) => t,
@@ -164,6 +170,7 @@ impl TokenRef {
         }
     }
 
+    #[inline]
     fn addr(&self) -> usize {
         self.get() as *const Token as usize
     }
@@ -246,20 +253,33 @@ impl std::error::Error for ReleaseError {}
 /// Proof that the current thread holds a token: returned by [`Ctx::get_token`],
 /// consumed by [`Ctx::release`]. Not `Send`: it names a slot of one thread's token
 /// stack.
+///
+/// Two words (the thread, and the entry's sequence number and stack index), with a
+/// niche, so a `Result<Held, TokenError>` travels in registers.
 #[derive(Debug)]
 pub struct Held {
-    addr: usize,
-    index: u8,
-    seq: u64,
-    thread: u64,
+    thread: NonZeroU64,
+    /// The entry's sequence number (bits 8..64) and its index on the stack (0..8).
+    tag: u64,
     _not_send: PhantomData<*const ()>,
 }
 
 impl Held {
-    /// Address of the token this hold is for.
-    pub(crate) fn addr(&self) -> usize {
-        self.addr
+    #[inline]
+    fn index(&self) -> usize {
+        (self.tag & 0xff) as usize
     }
+
+    #[inline]
+    fn seq(&self) -> u64 {
+        self.tag >> 8
+    }
+}
+
+/// The thread id a [`Held`] carries (thread uids start at 1; 0 is mapped apart).
+#[inline]
+fn thread_tag(thread: u64) -> NonZeroU64 {
+    NonZeroU64::new(thread).unwrap_or(NonZeroU64::MAX)
 }
 
 #[derive(Debug)]
@@ -295,6 +315,7 @@ impl TokenStack {
         self.entries.len()
     }
 
+    #[inline]
     fn find(&self, addr: usize) -> (bool, bool) {
         let mut excl = false;
         let mut shared = false;
@@ -317,6 +338,7 @@ impl TokenStack {
     }
 
     /// Pushes a hold of `tok`; `try_only` fails instead of asking for a switch.
+    #[inline]
     pub(crate) fn push(
         &mut self,
         tok: TokenRef,
@@ -345,7 +367,7 @@ impl TokenStack {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let index = self.entries.len() as u8;
+        let index = self.entries.len() as u64;
         self.entries.push(Entry {
             tok,
             exclusive: exclusive || have_excl,
@@ -353,30 +375,37 @@ impl TokenStack {
             acquired: got,
             seq,
         });
-        let held = Held { addr, index, seq, thread, _not_send: PhantomData };
+        let held =
+            Held { thread: thread_tag(thread), tag: seq << 8 | index, _not_send: PhantomData };
         Ok(if got { Acquire::Got(held) } else { Acquire::MustSwitch(held) })
     }
 
-    /// Checks that `held` names a live entry of this stack (of thread `thread`).
-    pub(crate) fn check(&self, held: &Held, thread: u64) -> Result<(), TokenError> {
-        if held.thread != thread {
+    /// Checks that `held` names a live entry of this stack (of thread `thread`);
+    /// returns that entry's token address.
+    #[inline]
+    pub(crate) fn check(&self, held: &Held, thread: u64) -> Result<usize, TokenError> {
+        if held.thread != thread_tag(thread) {
             return Err(TokenError::NotHeld);
         }
-        match self.entries.get(held.index as usize) {
-            Some(e) if e.seq == held.seq => Ok(()),
+        match self.entries.get(held.index()) {
+            Some(e) if e.seq == held.seq() => Ok(e.tok.addr()),
             _ => Err(TokenError::NotHeld),
         }
     }
 
     /// Pops `held`, which must be the top entry, releasing its atomic hold.
+    #[inline]
     pub(crate) fn pop(&mut self, held: Held, thread: u64) -> Result<(), (Held, TokenError)> {
         if let Err(e) = self.check(&held, thread) {
             return Err((held, e));
         }
-        if held.index as usize + 1 != self.entries.len() {
+        if held.index() + 1 != self.entries.len() {
             return Err((held, TokenError::OutOfOrder));
         }
-        let Some(e) = self.entries.pop() else { return Err((held, TokenError::NotHeld)) };
+        // Read in place and dropped in place: moving the entry out would copy it
+        // with wide loads over the narrow stores that made it (a store-forwarding
+        // stall of tens of cycles on the hot path).
+        let Some(e) = self.entries.last() else { return Err((held, TokenError::NotHeld)) };
         if e.owns && e.acquired {
             if e.exclusive {
                 e.tok.get().release_exclusive();
@@ -384,6 +413,7 @@ impl TokenStack {
                 e.tok.get().release_shared();
             }
         }
+        self.entries.truncate(held.index());
         Ok(())
     }
 
@@ -500,10 +530,11 @@ impl<T: ?Sized> TokenCell<T> {
     }
 
     fn verify(&self, held: &Held, cx: &Ctx<'_>) -> Result<bool, TokenError> {
-        if held.addr != self.token.addr() {
+        let (exclusive, addr) = cx.check_held(held)?;
+        if addr != self.token.addr() {
             return Err(TokenError::WrongToken);
         }
-        cx.check_held(held)
+        Ok(exclusive)
     }
 
     /// Shared access while holding the token (shared or exclusive). The guard borrows
