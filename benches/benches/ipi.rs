@@ -676,27 +676,34 @@ fn oversub_suite(rec: &mut Recorder, mode: Mode) {
 fn idle_suite(rec: &mut Recorder, mode: Mode) {
     progress("ipi: idle poll cost, N = 2..64");
     let iters = mode.scale(20_000_000);
+    let ns_list = [2usize, 4, 8, 16, 32, 64];
+    let xbars: Vec<Crossbar> = ns_list.iter().map(|&n| Crossbar::new(n).unwrap()).collect();
+    // Repetitions interleaved over the CPU counts (each N polls one batch, then
+    // each again), so a slow phase of a shared machine lands on all of them and
+    // the spread measures the code, not the moment. A CPU is attached per batch
+    // on a fresh thread pinned to core 0 (one attachment per thread).
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); ns_list.len()];
+    for _ in 0..mode.reps() {
+        for (xbar, out) in xbars.iter().zip(samples.iter_mut()) {
+            let ns = std::thread::scope(|s| {
+                s.spawn(|| {
+                    pin(0);
+                    let cpu = xbar.attach(0).unwrap();
+                    let t = Instant::now();
+                    for _ in 0..iters {
+                        black_box(cpu.poll());
+                    }
+                    t.elapsed().as_nanos() as f64 / iters as f64
+                })
+                .join()
+                .unwrap()
+            });
+            out.push(ns);
+        }
+    }
     let mut all = Vec::new();
-    for n in [2usize, 4, 8, 16, 32, 64] {
-        let xbar = Crossbar::new(n).unwrap();
-        let ns = std::thread::scope(|s| {
-            s.spawn(|| {
-                pin(0);
-                let cpu = xbar.attach(0).unwrap();
-                let mut v: Vec<f64> = (0..mode.reps())
-                    .map(|_| {
-                        let t = Instant::now();
-                        for _ in 0..iters {
-                            black_box(cpu.poll());
-                        }
-                        t.elapsed().as_nanos() as f64 / iters as f64
-                    })
-                    .collect();
-                median(&mut v)
-            })
-            .join()
-            .unwrap()
-        });
+    for (n, v) in ns_list.iter().zip(samples.iter_mut()) {
+        let ns = median(v);
         rec.record(&format!("idle_poll/N={n}"), "dfly", "ns_per_poll", ns, "ns", true);
         all.push(ns);
     }
