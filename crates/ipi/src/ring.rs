@@ -144,12 +144,21 @@ impl Ring {
         }
         debug_assert!(w.wrapping_sub(r) <= self.mask, "ring overflow");
         let cell = &self.slots[(w & self.mask) as usize];
+        // Field by field: a whole-`Slot` write is a copy through a stack temporary
+        // whose wide loads read back the narrow stores that built it, a
+        // store-forwarding stall that perf showed as most of a stream's send time.
+        let Slot { func, a1, a2 } = slot;
         // SAFETY: `w - rindex <= limit < capacity`, so the target has consumed the
         // previous occupant of this slot (its Release store of the published index,
-        // made after it copied the slot, was observed
-        // by our Acquire load, or by an earlier one cached in `rcache`) and will not
-        // read it again until we publish `w + 1`. Only this source writes slots.
-        cell.with_mut(|p| unsafe { p.write(slot) });
+        // made after it copied the slot, was observed by our Acquire load, or by an
+        // earlier one cached in `rcache`) and will not read it again until we
+        // publish `w + 1`. Only this source writes slots. The field pointers come
+        // from the cell's own pointer, valid and aligned for a `Slot`.
+        cell.with_mut(|p| unsafe {
+            core::ptr::addr_of_mut!((*p).func).write(func);
+            core::ptr::addr_of_mut!((*p).a1).write(a1);
+            core::ptr::addr_of_mut!((*p).a2).write(a2);
+        });
         let nw = w.wrapping_add(1);
         self.src.windex.store(nw, Ordering::Release);
         Some(nw)
