@@ -329,7 +329,7 @@ impl Slab {
                 }
                 self.alloc_small_slow(c)
             }
-            None => self.alloc_large(layout.size(), layout.align()),
+            None => self.alloc_large(layout.size(), layout.align(), false),
         }
     }
 
@@ -357,8 +357,8 @@ impl Slab {
 
     #[cold]
     #[inline(never)]
-    fn alloc_large(&'static self, size: usize, align: usize) -> *mut u8 {
-        match large::alloc(self, size, align) {
+    fn alloc_large(&'static self, size: usize, align: usize, zeroed: bool) -> *mut u8 {
+        match large::alloc(self, size, align, zeroed) {
             Some((p, usable)) => {
                 self.charge(self.tls_slot(), usable as i64);
                 p
@@ -368,9 +368,15 @@ impl Slab {
     }
 
     /// Allocates zeroed memory for `layout`.
+    ///
+    /// A large block is zeroed only when it comes from the large-block cache: a
+    /// fresh mapping already reads as zeros.
     pub fn alloc_zeroed(&'static self, layout: Layout) -> *mut u8 {
+        if class_for(layout.size(), layout.align()).is_none() {
+            return self.alloc_large(layout.size(), layout.align(), true);
+        }
         let p = self.alloc(layout);
-        if !p.is_null() && class_for(layout.size(), layout.align()).is_some() {
+        if !p.is_null() {
             // SAFETY: `p` is a fresh block of at least `layout.size()` bytes.
             unsafe { ptr::write_bytes(p, 0, layout.size()) };
         }

@@ -162,12 +162,24 @@ fn header_of(p: *mut u8) -> *mut Header {
 }
 
 /// Maps a block of `size` bytes aligned to `align`; returns it and its usable size.
-pub(crate) fn alloc(heap: &Slab, size: usize, align: usize) -> Option<(*mut u8, usize)> {
+pub(crate) fn alloc(
+    heap: &Slab,
+    size: usize,
+    align: usize,
+    zeroed: bool,
+) -> Option<(*mut u8, usize)> {
     let size = size.max(1);
     let (base, block, len, calls) = if align < ZONE_SIZE {
         let off = align.max(PAGE);
         let len = off.checked_add(size)?.checked_next_multiple_of(PAGE)?;
         if let Some((base, cached_len)) = heap.large_cache.take(len) {
+            if zeroed {
+                // A fresh mapping reads as zeros; a cached one holds what its last
+                // owner wrote.
+                // SAFETY: the cached mapping is ours, `cached_len >= len` bytes from
+                // `base`, and the block lies in `[base + off, base + off + size)`.
+                unsafe { core::ptr::write_bytes((base + off) as *mut u8, 0, size) };
+            }
             (base, base + off, cached_len, 0)
         } else {
             let (base, calls) = os::map_aligned(len, ZONE_SIZE, 0)?;

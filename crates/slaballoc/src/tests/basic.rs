@@ -364,6 +364,32 @@ fn allocation_during_thread_teardown_works() {
 }
 
 #[test]
+fn zeroed_large_blocks_are_zero_when_they_come_from_the_cache() {
+    // The large-block cache hands back mappings as their last owner left them:
+    // alloc_zeroed must clear those (a fresh mapping is zero already). Sizes
+    // within 2x of the freed one reuse it; every byte is checked.
+    static HEAP: Slab = Slab::with_config(Config { reap_ms: 0, ..Config::DEFAULT });
+    for (dirty, size, align) in [(1 << 20, 1 << 20, 8), (1 << 20, 600 * 1024, 4096)] {
+        let p = HEAP.alloc(layout(dirty, 8));
+        // SAFETY: a live block of `dirty` bytes.
+        unsafe {
+            p.write_bytes(0xa5, dirty);
+            HEAP.dealloc(p);
+        }
+        let calls = HEAP.stats().large_os_calls;
+        let q = HEAP.alloc_zeroed(layout(size, align));
+        assert_eq!(HEAP.stats().large_os_calls, calls, "the cached mapping was reused");
+        assert_eq!(q as usize % align, 0);
+        // SAFETY: a live block of `size` bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(q, size) };
+        assert!(bytes.iter().all(|&b| b == 0), "a reused large block was not zeroed");
+        // SAFETY: live.
+        unsafe { HEAP.dealloc(q) };
+    }
+    HEAP.trim();
+}
+
+#[test]
 fn freed_large_blocks_are_reused_and_double_frees_of_them_caught_later() {
     static HEAP: Slab = Slab::with_config(Config { reap_ms: 0, ..Config::DEFAULT });
     let p = HEAP.alloc(layout(1 << 20, 8));
