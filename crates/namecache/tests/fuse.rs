@@ -186,3 +186,75 @@ fn real_programs_on_a_memory_mount() {
     );
     assert_eq!(out, "hello\ng/f\n0\n");
 }
+
+/// One script of real programs, written so that its output depends only on what
+/// the file system does: `ls -R`, `find`, `cp -r`, `diff -r`, `tar`, a `mv` of a
+/// directory while a file under it is open for reading and another for appending
+/// and a shell's working directory is inside it, then `git init/add/commit/mv`
+/// with fixed dates (so equal commit hashes mean equal trees, modes and names),
+/// and a listing with checksums of everything left.
+const SAME_SCRIPT: &str = r#"set -e
+umask 022
+export LC_ALL=C TZ=UTC
+export GIT_AUTHOR_DATE=2026-01-01T00:00:00Z GIT_COMMITTER_DATE=2026-01-01T00:00:00Z
+git="git -c user.name=t -c user.email=t@example.invalid -c init.defaultBranch=main"
+mkdir -p src/a/b src/c
+printf 'one\n' > src/a/one.txt
+printf 'two\n' > src/a/b/two.txt
+seq 1 5000 > src/c/big.txt
+ln -s a/one.txt src/link
+echo '== ls -R'; ls -R src
+echo '== find'; find src | sort
+cp -r src copy
+echo '== cp -r'; diff -r src copy && echo same
+tar -cf t.tar src
+echo '== tar'; tar -tf t.tar | sort
+mkdir untar
+tar -xf t.tar -C untar
+rm t.tar
+diff -r src untar/src && echo untarred
+echo '== mv with open descendants'
+exec 3<src/a/b/two.txt
+exec 4>>src/a/one.txt
+(cd src/a/b && mv ../../a ../../moved && ls && cat two.txt && echo "cwd kept: $(cat ./two.txt)")
+cat <&3
+echo appended >&4
+exec 3<&- 4>&-
+cat src/moved/one.txt
+test ! -e src/a && echo gone
+echo '== git'
+$git init -q repo
+cp -r src repo/
+cd repo
+$git add -A
+$git commit -qm first
+$git status --porcelain | wc -l
+$git mv src/moved src/renamed
+$git commit -qm second
+$git log --format='%H %s'
+$git ls-files
+cd ..
+echo '== tree'
+find . -path ./repo/.git -prune -o -print | sort
+find . -path ./repo/.git -prune -o -type f -print | sort | xargs md5sum
+"#;
+
+#[test]
+fn the_same_programs_give_the_same_results_on_a_plain_directory() {
+    if !can_mount() {
+        skip();
+        return;
+    }
+    let plain = std::env::temp_dir().join(format!("dfly-ncfs-plain-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&plain);
+    std::fs::create_dir_all(&plain).unwrap();
+    let want = sh(&plain, SAME_SCRIPT);
+    let _ = std::fs::remove_dir_all(&plain);
+    // The script itself checks what it can; its whole output must match too.
+    assert!(want.contains("cwd kept: two") && want.contains("one\nappended\n"), "{want}");
+    for (tag, host) in [("same-host", true), ("same-mem", false)] {
+        let m = mounted(tag, host);
+        let got = sh(&m.mnt, SAME_SCRIPT);
+        assert_eq!(got, want, "{tag}: the mount and a plain directory differ");
+    }
+}
