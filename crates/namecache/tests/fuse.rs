@@ -1,7 +1,8 @@
 //! System test of the `dfly-ncfs` FUSE server: mounts a namecache over a host
 //! directory (and over memory) and runs real programs on it — `ls`, `find`,
 //! `cp -r`, `diff -r`, `tar`, `mv`, `rm -r`, `ln`, `git` — checking their results
-//! through the mount and in the backing directory.
+//! through the mount, in the backing directory, and against the same script run
+//! on a plain directory.
 //!
 //! Needs root and `/dev/fuse` (CI runs as root); elsewhere it says so and returns,
 //! except under `CI`, where not being able to mount fails the test.
