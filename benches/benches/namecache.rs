@@ -7,7 +7,8 @@
 //! 10^2..10^5 cached descendants (10^6 with `--full`) against rewriting a full-path
 //! map; resident bytes per cached entry; and a flood of distinct misses against the
 //! negative cap; create/rename-over churn with the longest index probe after it.
-//! `DFLY_BENCH_ONLY=lookup,negative,rename,memory,flood,churn` selects cases.
+//! `DFLY_BENCH_ONLY=lookup,negative,fullpath,rename,memory,flood,churn` selects cases
+//! (`negative` and `fullpath` run with the 10K lookups).
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -23,6 +24,8 @@ const FSTATAT: &str = "fstatat(2)";
 const RWMAP: &str = "RwLock<HashMap<PathBuf>>";
 const DASHMAP: &str = "dashmap 6 full-path";
 const PNMAP: &str = "Mutex<HashMap<(parent,name)>>";
+const REALPATH: &str = "realpath(3)";
+const UPMAP: &str = "Mutex<HashMap<id,(parent,name)>> climb";
 
 /// Directory chain `/d0/d1/.../d15` with files spread over its levels.
 fn chain_paths(total: usize) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
@@ -101,9 +104,12 @@ fn lookup_suite(rec: &mut Recorder, mode: Mode, total: usize, label: &str) {
     let rw: RwLock<HashMap<PathBuf, Attr>> = RwLock::new(HashMap::new());
     let dm: dashmap::DashMap<PathBuf, Attr> = dashmap::DashMap::new();
     let pn: Mutex<HashMap<(u64, Vec<u8>), u64>> = Mutex::new(HashMap::new());
+    // The (parent, name) map's way back up, for fullpath: id -> (parent, name).
+    let up: Mutex<HashMap<u64, (u64, Vec<u8>)>> = Mutex::new(HashMap::new());
     {
         let mut g = rw.write().unwrap();
         let mut pg = pn.lock().unwrap();
+        let mut ug = up.lock().unwrap();
         let mut ids: HashMap<Vec<u8>, u64> = HashMap::new();
         ids.insert(Vec::new(), 0);
         for (next, p) in (1u64..).zip(dirs.iter().chain(files.iter())) {
@@ -113,6 +119,7 @@ fn lookup_suite(rec: &mut Recorder, mode: Mode, total: usize, label: &str) {
             let cut = p.iter().rposition(|&b| b == b'/').unwrap_or(0);
             let parent = ids.get(&p[..cut]).copied().unwrap_or(0);
             pg.insert((parent, p[cut + 1..].to_vec()), next);
+            ug.insert(next, (parent, p[cut + 1..].to_vec()));
             ids.insert(p.clone(), next);
         }
     }
@@ -179,6 +186,63 @@ fn lookup_suite(rec: &mut Recorder, mode: Mode, total: usize, label: &str) {
         }
     }
     if label == "10k" {
+        for depth in [6usize, 16] {
+            let case = format!("fullpath/depth{depth}");
+            progress(&format!("namecache: {case}"));
+            let p = probe(depth);
+            let e = nc.nlookup(&root, &p, Default::default()).unwrap();
+            assert_eq!(nc.fullpath(&e).path, p);
+            let cpath = CString::new(
+                host.join(String::from_utf8_lossy(&p[1..]).into_owned())
+                    .into_os_string()
+                    .into_encoded_bytes(),
+            )
+            .unwrap();
+            let id = {
+                let g = pn.lock().unwrap();
+                let mut id = 0u64;
+                for c in p.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+                    id = g[&(id, c.to_vec())];
+                }
+                id
+            };
+            let mut dfly = looped(|| {
+                black_box(nc.fullpath(black_box(&e)));
+            });
+            let mut realpath = looped(|| {
+                // SAFETY: a valid NUL-terminated path; a null buffer makes realpath
+                // allocate the result, which we free.
+                let r = unsafe { libc::realpath(cpath.as_ptr(), std::ptr::null_mut()) };
+                assert!(!r.is_null());
+                // SAFETY: allocated by realpath with malloc.
+                unsafe { libc::free(black_box(r).cast()) };
+            });
+            let mut upmap = looped(|| {
+                // Climb to the root collecting names, then join them, as fullpath
+                // does.
+                let g = up.lock().unwrap();
+                let mut names: Vec<&[u8]> = Vec::new();
+                let mut cur = black_box(id);
+                while cur != 0 {
+                    let (parent, name) = &g[&cur];
+                    names.push(name);
+                    cur = *parent;
+                }
+                let mut out = Vec::with_capacity(64);
+                for n in names.iter().rev() {
+                    out.push(b'/');
+                    out.extend_from_slice(n);
+                }
+                black_box(out);
+            });
+            let v = per_op_interleaved(
+                reps,
+                &mut [(n, &mut dfly), (n / 4, &mut realpath), (n, &mut upmap)],
+            );
+            for (peer, v) in ["dfly", REALPATH, UPMAP].into_iter().zip(v) {
+                rec.record(&case, peer, "ns_per_fullpath", v, "ns", true);
+            }
+        }
         progress("namecache: negative/10k/depth6");
         // A name of the same length as the positive probe's (`x0` for `f0`), so the
         // two differ only in the entry's state, not in bytes hashed and compared.
@@ -411,7 +475,7 @@ fn main() {
     progress(&format!("namecache suite, mode {mode:?}"));
     let only = std::env::var("DFLY_BENCH_ONLY").unwrap_or_default();
     let want = |name: &str| only.is_empty() || only.split(',').any(|w| w == name);
-    if want("lookup") || want("negative") {
+    if want("lookup") || want("negative") || want("fullpath") {
         lookup_suite(&mut rec, mode, if mode == Mode::Test { 500 } else { 10_000 }, "10k");
         if mode != Mode::Test && want("lookup") {
             lookup_suite(&mut rec, mode, 1_000_000, "1m");

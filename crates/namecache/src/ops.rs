@@ -17,13 +17,13 @@
 //! by a namespace operation without its exclusive lock; a relink while the source
 //! or target has changed since the checks were made.
 
-use dfly_core::sync::atomic::Ordering;
+use dfly_core::sync::atomic::{fence, Ordering};
 
 use crate::backend::{Attr, Ino, Kind};
 use crate::cache::{
     attr_of, check_name, lock, Flags, FullPath, Locked, Namecache, Ncp, State, PATH_MAX, RETRIES,
 };
-use crate::slots::C_DESTROYED;
+use crate::slots::{C_DESTROYED, NIL};
 use crate::Errno;
 
 impl Namecache {
@@ -485,6 +485,9 @@ impl Namecache {
     /// assert_eq!((fp.path.as_slice(), fp.deleted), (&b"/gone"[..], true));
     /// ```
     pub fn fullpath(&self, ncp: &Ncp) -> FullPath {
+        if let Some(fp) = self.fullpath_fast(ncp) {
+            return fp;
+        }
         for _ in 0..64 {
             let r0 = self.c.topo_seq.load(Ordering::Acquire);
             if r0 & 1 == 0 {
@@ -501,7 +504,56 @@ impl Namecache {
         self.fullpath_once(ncp)
     }
 
-    fn fullpath_once(&self, ncp: &Ncp) -> FullPath {
+    /// The optimistic fullpath: climbs the parent links reading each slot under
+    /// its seqlock, with no pin, no lock and one allocation (the result, built
+    /// backwards and reversed), bracketed by the topology sequence. The held
+    /// entry pins its whole chain, so no slot on it is freed or reused, and only a
+    /// relink (which makes the sequence odd) changes a parent link or a name.
+    /// `None` (take the locked climb): a mount root or another entry outside the
+    /// index but not destroyed, a name longer than the inline part, a chain that
+    /// ends before the root, or a concurrent change.
+    pub(crate) fn fullpath_fast(&self, ncp: &Ncp) -> Option<FullPath> {
+        let c = &*self.c;
+        let r0 = c.topo_seq.load(Ordering::Acquire);
+        if r0 & 1 != 0 {
+            return None;
+        }
+        let mut rev = Vec::with_capacity(64);
+        let mut deleted = false;
+        let mut cur = ncp.idx;
+        // Each level adds at least two bytes: a longer chain is not a path.
+        for _ in 0..PATH_MAX / 2 {
+            if cur == c.root {
+                fence(Ordering::Acquire);
+                if c.topo_seq.load(Ordering::Relaxed) != r0 {
+                    return None;
+                }
+                rev.reverse();
+                if rev.is_empty() {
+                    rev.push(b'/');
+                }
+                return Some(FullPath { path: rev, deleted });
+            }
+            let s = c.arena.get(cur).try_read()?;
+            if s.code() == C_DESTROYED {
+                deleted = true;
+            } else if !s.hashed() {
+                return None;
+            }
+            let len = s.len();
+            if len > crate::slots::INLINE || s.parent == NIL {
+                return None;
+            }
+            for i in (0..len).rev() {
+                rev.push((s.words[i / 8] >> (8 * (i % 8))) as u8);
+            }
+            rev.push(b'/');
+            cur = s.parent;
+        }
+        None
+    }
+
+    pub(crate) fn fullpath_once(&self, ncp: &Ncp) -> FullPath {
         let mut names: Vec<Vec<u8>> = Vec::new();
         let mut deleted = false;
         let mut e = ncp.clone();

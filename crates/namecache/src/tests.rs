@@ -397,6 +397,54 @@ fn fullpath_of_a_removed_directory_is_flagged() {
     assert_eq!(nc.create(&cwd, b"y", 0o644).unwrap_err(), Errno::NoEnt);
 }
 
+#[test]
+fn optimistic_fullpath_agrees_with_the_locked_climb() {
+    let (nc, _) = nc();
+    let r = nc.root();
+    let long = "l".repeat(40);
+    nc.mkdir(&r, b"/a", 0o755).unwrap();
+    nc.mkdir(&r, b"/a/b", 0o755).unwrap();
+    nc.mkdir(&r, format!("/a/{long}").as_bytes(), 0o755).unwrap();
+    nc.create(&r, format!("/a/{long}/f").as_bytes(), 0o644).unwrap();
+    nc.create(&r, b"/a/b/f", 0o644).unwrap();
+    nc.mkdir(&r, b"/gone", 0o755).unwrap();
+    nc.mkdir(&r, b"/gone/sub", 0o755).unwrap();
+    nc.mkdir(&r, b"/m", 0o755).unwrap();
+    let m = nc.nlookup(&r, b"/m", Flags::default()).unwrap();
+    nc.mount(&m, Arc::new(MemFs::new())).unwrap();
+    nc.mkdir(&r, b"/m/in", 0o755).unwrap();
+    let paths: Vec<Vec<u8>> = vec![
+        b"/".to_vec(),
+        b"/a".to_vec(),
+        b"/a/b/f".to_vec(),
+        format!("/a/{long}/f").into_bytes(),
+        b"/gone/sub".to_vec(),
+        b"/m".to_vec(),
+        b"/m/in".to_vec(),
+    ];
+    let held: Vec<Ncp> =
+        paths.iter().map(|p| nc.nlookup(&r, p, Flags::default()).unwrap()).collect();
+    // Deleted while held, and renamed above a held entry.
+    let sub = &held[4];
+    nc.rmdir(&r, b"/gone/sub").unwrap();
+    nc.rmdir(&r, b"/gone").unwrap();
+    nc.rename(&r, b"/a/b", b"/a/c").unwrap();
+    let mut fast = 0;
+    for (p, e) in paths.iter().zip(&held) {
+        let once = nc.fullpath_once(e);
+        if let Some(f) = nc.fullpath_fast(e) {
+            assert_eq!(f, once, "{p:?}");
+            fast += 1;
+        }
+        assert_eq!(nc.fullpath(e), once, "{p:?}");
+    }
+    assert_eq!(nc.fullpath(sub), FullPath { path: b"/gone/sub".to_vec(), deleted: true });
+    assert_eq!(nc.fullpath(&held[2]).path, b"/a/c/f");
+    // Plain, deleted and renamed entries take the optimistic climb; the long name
+    // and the mount (root and inside) take the locked one.
+    assert_eq!(fast, 4, "the root, /a, /a/c/f and the deleted /gone/sub");
+}
+
 // ---- locking and concurrency ----------------------------------------------------------
 
 #[test]
