@@ -337,6 +337,8 @@ impl Namecache {
             let began = self.c.topo_begin(&mut t);
             self.c.destroy_locked(&mut t, dst.idx);
             self.c.relink_locked(&mut t, src.idx, td.idx, tname);
+            // Running out of slots only costs the shortcut.
+            let _ = self.c.alloc_locked(&mut t, sd.idx, fname, mount, State::Negative, true);
             self.c.topo_end(&mut t, began);
         }
         if let Some(da) = da {

@@ -348,7 +348,7 @@ fn mounts_are_crossed_both_ways() {
 
 #[test]
 fn rename_relinks_and_keeps_handles() {
-    let (nc, _) = nc();
+    let (nc, fs) = nc();
     let r = nc.root();
     nc.mkdir(&r, b"/a", 0o755).unwrap();
     let mut deep = b"/a".to_vec();
@@ -359,12 +359,16 @@ fn rename_relinks_and_keeps_handles() {
     let h = nc.nlookup(&r, &deep, Flags::default()).unwrap();
     let before = nc.stats().entries;
     nc.rename(&r, b"/a", b"/b").unwrap();
-    assert_eq!(nc.stats().entries, before, "the subtree moved, it was not rebuilt");
+    // One entry more: the old name, now a cached negative.
+    assert_eq!(nc.stats().entries, before + 1, "the subtree moved, it was not rebuilt");
     let mut want = b"/b".to_vec();
     want.extend_from_slice(&deep[2..]);
     assert_eq!(nc.fullpath(&h).path, want);
     assert_eq!(nc.nlookup(&r, &want, Flags::default()).unwrap(), h);
+    let (calls, negs) = (fs.lookup_calls(), nc.stats().negative_hits);
     assert_eq!(nc.stat(&r, b"/a").unwrap_err(), Errno::NoEnt);
+    assert_eq!(fs.lookup_calls(), calls, "the old name was answered from the cache");
+    assert_eq!(nc.stats().negative_hits, negs + 1);
     // Error cases.
     assert_eq!(nc.rename(&r, b"/b", b"/b/d0/x").unwrap_err(), Errno::Inval);
     nc.create(&r, b"/f", 0o644).unwrap();
