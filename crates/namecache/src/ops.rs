@@ -23,7 +23,7 @@ use crate::backend::{Attr, Ino, Kind};
 use crate::cache::{
     attr_of, check_name, lock, Flags, FullPath, Locked, Namecache, Ncp, State, PATH_MAX, RETRIES,
 };
-use crate::slots::{C_DESTROYED, NIL};
+use crate::slots::{C_DESTROYED, C_DIR, NIL};
 use crate::Errno;
 
 impl Namecache {
@@ -337,8 +337,12 @@ impl Namecache {
             let began = self.c.topo_begin(&mut t);
             self.c.destroy_locked(&mut t, dst.idx);
             self.c.relink_locked(&mut t, src.idx, td.idx, tname);
-            // Running out of slots only costs the shortcut.
-            let _ = self.c.alloc_locked(&mut t, sd.idx, fname, mount, State::Negative, true);
+            // Only under a directory still there: once the backend rename emptied
+            // it, a concurrent rmdir may have removed it. Running out of slots
+            // only costs the shortcut.
+            if self.c.snap(sd.idx).code() == C_DIR {
+                let _ = self.c.alloc_locked(&mut t, sd.idx, fname, mount, State::Negative, true);
+            }
             self.c.topo_end(&mut t, began);
         }
         if let Some(da) = da {

@@ -1767,3 +1767,91 @@ fn index_longest_probe_reports_displacement() {
         nc.stat(&root, format!("/f{i}").as_bytes()).unwrap();
     }
 }
+
+/// The in-memory backend with a hook run inside `rename`, after the rename is
+/// done in the backend and before the cache relinks.
+struct RenameHook {
+    fs: MemFs,
+    hook: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl std::fmt::Debug for RenameHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RenameHook").finish_non_exhaustive()
+    }
+}
+
+impl Backend for RenameHook {
+    fn root(&self) -> Ino {
+        self.fs.root()
+    }
+    fn lookup(&self, dir: Ino, name: &[u8]) -> Result<Option<Attr>, Errno> {
+        self.fs.lookup(dir, name)
+    }
+    fn lookup_dotdot(&self, dir: Ino) -> Result<Ino, Errno> {
+        self.fs.lookup_dotdot(dir)
+    }
+    fn getattr(&self, ino: Ino) -> Result<Attr, Errno> {
+        self.fs.getattr(ino)
+    }
+    fn create(&self, dir: Ino, name: &[u8], mode: u32) -> Result<Attr, Errno> {
+        self.fs.create(dir, name, mode)
+    }
+    fn mkdir(&self, dir: Ino, name: &[u8], mode: u32) -> Result<Attr, Errno> {
+        self.fs.mkdir(dir, name, mode)
+    }
+    fn symlink(&self, dir: Ino, name: &[u8], target: &[u8]) -> Result<Attr, Errno> {
+        self.fs.symlink(dir, name, target)
+    }
+    fn link(&self, ino: Ino, dir: Ino, name: &[u8]) -> Result<Attr, Errno> {
+        self.fs.link(ino, dir, name)
+    }
+    fn remove(&self, dir: Ino, name: &[u8]) -> Result<(), Errno> {
+        self.fs.remove(dir, name)
+    }
+    fn rmdir(&self, dir: Ino, name: &[u8]) -> Result<(), Errno> {
+        self.fs.rmdir(dir, name)
+    }
+    fn rename(&self, sdir: Ino, sname: &[u8], tdir: Ino, tname: &[u8]) -> Result<(), Errno> {
+        self.fs.rename(sdir, sname, tdir, tname)?;
+        let hook = self.hook.lock().unwrap().take();
+        if let Some(h) = hook {
+            h();
+        }
+        Ok(())
+    }
+    fn readlink(&self, ino: Ino) -> Result<Vec<u8>, Errno> {
+        self.fs.readlink(ino)
+    }
+    fn readdir(&self, dir: Ino) -> Result<Vec<(Vec<u8>, Attr)>, Errno> {
+        self.fs.readdir(dir)
+    }
+}
+
+#[test]
+fn no_negative_is_left_under_a_source_directory_removed_during_the_rename() {
+    // The rename empties /d in the backend; before the cache relinks, another
+    // thread removes /d. The old name's negative entry must not be made under
+    // the removed directory (it would pin it until the negative cap evicts it).
+    let be = Arc::new(RenameHook { fs: MemFs::new(), hook: std::sync::Mutex::new(None) });
+    let nc = Namecache::new(be.clone());
+    let r = nc.root();
+    let d = nc.mkdir(&r, b"/d", 0o755).unwrap();
+    nc.create(&r, b"/d/x", 0o644).unwrap();
+    let nc2 = nc.clone();
+    *be.hook.lock().unwrap() = Some(Box::new(move || {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = nc2.root();
+            let _ = tx.send(nc2.rmdir(&r, b"/d"));
+        });
+        let got = rx.recv_timeout(Duration::from_secs(20)).expect("rmdir hung");
+        assert_eq!(got, Ok(()));
+    }));
+    nc.rename(&r, b"/d/x", b"/y").unwrap();
+    assert!(d.is_destroyed());
+    assert_eq!(nc.negatives_under(&d), 0, "a negative entry under the removed directory");
+    assert_eq!(nc.stat(&r, b"/d/x").unwrap_err(), Errno::NoEnt);
+    assert_eq!(nc.stat(&r, b"/y").unwrap().kind, Kind::File);
+    assert_eq!(nc.check_invariants(), Ok(()));
+}
