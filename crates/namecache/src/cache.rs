@@ -982,20 +982,24 @@ impl Namecache {
         if xs.seq.load(Ordering::Relaxed) != snap.seq || c.topo_seq.load(Ordering::Relaxed) != r0 {
             return None;
         }
-        let n = u64::from(e.comps);
+        self.hinted_hit(e.x, &snap, u64::from(e.comps), flags)
+    }
+
+    /// The result of a hint proven to end at slot `x` (read whole as `snap`) after
+    /// `n` components, counted in the statistics (the end codes the hint paths
+    /// accept all have attributes, or are negative).
+    #[inline(always)]
+    fn hinted_hit(&self, x: u32, snap: &Snap, n: u64, flags: Flags) -> Option<Fast> {
+        let c = &*self.c;
         if snap.code() == C_NEGATIVE {
             c.count(|s| &s.negative_hits, 1);
             if n > 1 {
                 c.count(|s| &s.hits, n - 1);
             }
-            return Some(if flags.create {
-                Fast::Entry(e.x, snap.seq)
-            } else {
-                Fast::Missing(e.x)
-            });
+            return Some(if flags.create { Fast::Entry(x, snap.seq) } else { Fast::Missing(x) });
         }
         c.count(|s| &s.hits, n);
-        attr_of(&snap).map(|a| Fast::Read(e.x, snap.seq, a))
+        attr_of(snap).map(|a| Fast::Read(x, snap.seq, a))
     }
 
     /// Proves the hint that `path` from `from` ends at slot `x` by climbing
@@ -1085,17 +1089,7 @@ impl Namecache {
             return None;
         }
         let proof = Proof { parent: snap.parent, topo: r0, comps: n as u32 };
-        if snap.code() == C_NEGATIVE {
-            c.count(|s| &s.negative_hits, 1);
-            if n > 1 {
-                c.count(|s| &s.hits, n - 1);
-            }
-            let f = if flags.create { Fast::Entry(x, snap.seq) } else { Fast::Missing(x) };
-            return Some((f, proof));
-        }
-        c.count(|s| &s.hits, n);
-        // The end codes accepted above all have attributes.
-        attr_of(&snap).map(|a| (Fast::Read(x, snap.seq, a), proof))
+        self.hinted_hit(x, &snap, n, flags).map(|f| (f, proof))
     }
 
     /// The optimistic forward walk (see the module docs). `None`: take the
