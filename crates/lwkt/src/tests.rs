@@ -653,6 +653,41 @@ fn at_most_32_tokens() {
     assert_eq!(h.try_join().unwrap(), TokenError::TooMany);
 }
 
+/// An `Arc` token on a thread's stack keeps exactly one reference per hold: across a
+/// release, a recursive hold, a blocking call (which releases the atomic hold but
+/// keeps the entry) and a thread that ends still holding it.
+#[test]
+fn arc_tokens_are_counted_once_per_hold() {
+    let tok = Arc::new(Token::new("arc"));
+    let mut sim = Machine::simulated(1, 0).unwrap();
+    let t = tok.clone();
+    let h = sim
+        .spawn(Spawn::on_cpu(0), move |cx| {
+            let mut seen = Vec::new();
+            let a = cx.get_token(&t).unwrap();
+            seen.push(Arc::strong_count(&t));
+            let b = cx.get_token(t.clone()).unwrap();
+            seen.push(Arc::strong_count(&t));
+            cx.sleep(Duration::from_millis(1));
+            seen.push(Arc::strong_count(&t));
+            assert!(t.is_held_exclusive());
+            cx.release(b).unwrap();
+            seen.push(Arc::strong_count(&t));
+            cx.release(a).unwrap();
+            seen.push(Arc::strong_count(&t));
+            assert!(!t.is_held_exclusive());
+            // Ends holding one: the exit gives back the hold and the reference.
+            let _kept = cx.get_token(&t).unwrap();
+            seen
+        })
+        .unwrap();
+    sim.run().unwrap();
+    // One reference is the test's, one the closure's `t`, one per hold.
+    assert_eq!(h.try_join().unwrap(), vec![3, 4, 4, 3, 2]);
+    assert_eq!(Arc::strong_count(&tok), 1);
+    assert!(!tok.is_held_exclusive());
+}
+
 #[test]
 fn pool_tokens_are_stable_per_address() {
     let a = 5u64;

@@ -35,6 +35,7 @@ use core::fmt;
 use core::marker::PhantomData;
 use core::num::NonZeroU64;
 use core::ops::{Deref, DerefMut};
+use core::ptr::NonNull;
 use dfly_core::sync::Arc;
 
 use dfly_core::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -282,15 +283,109 @@ fn thread_tag(thread: u64) -> NonZeroU64 {
     NonZeroU64::new(thread).unwrap_or(NonZeroU64::MAX)
 }
 
-#[derive(Debug)]
+/// One hold on a thread's token stack, in two words: the token and a tag.
 struct Entry {
-    tok: TokenRef,
-    exclusive: bool,
-    /// Holds the atomic itself (false for a recursive reference).
-    owns: bool,
-    /// The atomic hold is currently taken (only meaningful when `owns`).
-    acquired: bool,
-    seq: u64,
+    /// The token. For a [`TokenRef::Shared`] hold this is the pointer
+    /// `Arc::into_raw` gave, and the entry owns that reference (given back by
+    /// [`Entry::drop_ref`] when the stack removes the entry).
+    tok: NonNull<Token>,
+    /// The hold's sequence number (bits 8..64) and its `E_*` flags (bits 0..8).
+    meta: u64,
+}
+
+/// Exclusive hold (directly, or a recursive reference under an exclusive hold).
+const E_EXCL: u64 = 1;
+/// The entry holds the atomic itself (false for a recursive reference).
+const E_OWNS: u64 = 2;
+/// The atomic hold is currently taken (only meaningful with `E_OWNS`).
+const E_ACQUIRED: u64 = 4;
+/// `tok` came from `Arc::into_raw`.
+const E_ARC: u64 = 8;
+
+// SAFETY: an entry is a reference to a `Token` (whose state is atomic, so `Token` is
+// `Sync`), either `'static` or an `Arc` reference the entry owns; sending it sends
+// that reference, as sending a `TokenRef` would.
+unsafe impl Send for Entry {}
+
+impl Entry {
+    #[inline]
+    fn new(tok: TokenRef, flags: u64, seq: u64) -> Entry {
+        let (ptr, arc) = match tok {
+            TokenRef::Static(t) => (NonNull::from(t), 0),
+            TokenRef::Shared(t) => {
+                // The reference count is handed to the entry and given back in `drop`.
+                let raw = Arc::into_raw(t) as *mut Token;
+                (NonNull::new(raw).unwrap_or(NonNull::dangling()), E_ARC)
+            }
+        };
+        Entry { tok: ptr, meta: seq << 8 | flags | arc }
+    }
+
+    #[inline(always)]
+    fn token(&self) -> &Token {
+        // SAFETY: `tok` is a `&'static Token` or an `Arc<Token>` reference this
+        // entry owns until it is dropped, so the token outlives `&self`.
+        unsafe { self.tok.as_ref() }
+    }
+
+    #[inline(always)]
+    fn addr(&self) -> usize {
+        self.tok.as_ptr() as usize
+    }
+
+    #[inline(always)]
+    fn has(&self, flag: u64) -> bool {
+        self.meta & flag != 0
+    }
+
+    #[inline(always)]
+    fn seq(&self) -> u64 {
+        self.meta >> 8
+    }
+
+    /// True if the entry owns an atomic hold that is not taken now.
+    #[inline(always)]
+    fn needs_acquire(&self) -> bool {
+        self.meta & (E_OWNS | E_ACQUIRED) == E_OWNS
+    }
+
+    /// Gives back the `Arc` reference the entry owns, if any. Called once, by the
+    /// stack, as the entry leaves it (entries have no `Drop`, so that popping one
+    /// is a length store and not a drop loop).
+    #[inline(always)]
+    fn drop_ref(&self) {
+        if self.has(E_ARC) {
+            // SAFETY: `tok` came from `Arc::into_raw` in `Entry::new`, this entry
+            // owns that reference, and the stack calls this once per entry, as the
+            // entry is removed.
+            drop(unsafe { Arc::from_raw(self.tok.as_ptr() as *const Token) });
+        }
+    }
+
+    /// Gives back the atomic hold if the entry owns one and has it taken.
+    #[inline(always)]
+    fn release(&mut self) {
+        if self.meta & (E_OWNS | E_ACQUIRED) == E_OWNS | E_ACQUIRED {
+            if self.has(E_EXCL) {
+                self.token().release_exclusive();
+            } else {
+                self.token().release_shared();
+            }
+            self.meta &= !E_ACQUIRED;
+        }
+    }
+}
+
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Entry")
+            .field("token", self.token())
+            .field("exclusive", &self.has(E_EXCL))
+            .field("owns", &self.has(E_OWNS))
+            .field("acquired", &self.has(E_ACQUIRED))
+            .field("seq", &self.seq())
+            .finish()
+    }
 }
 
 /// How a thread's request for a token went.
@@ -320,8 +415,8 @@ impl TokenStack {
         let mut excl = false;
         let mut shared = false;
         for e in &self.entries {
-            if e.tok.addr() == addr {
-                if e.exclusive {
+            if e.addr() == addr {
+                if e.has(E_EXCL) {
                     excl = true;
                 } else {
                     shared = true;
@@ -368,13 +463,10 @@ impl TokenStack {
         let seq = self.next_seq;
         self.next_seq += 1;
         let index = self.entries.len() as u64;
-        self.entries.push(Entry {
-            tok,
-            exclusive: exclusive || have_excl,
-            owns,
-            acquired: got,
-            seq,
-        });
+        let flags = if exclusive || have_excl { E_EXCL } else { 0 }
+            | if owns { E_OWNS } else { 0 }
+            | if got { E_ACQUIRED } else { 0 };
+        self.entries.push(Entry::new(tok, flags, seq));
         let held =
             Held { thread: thread_tag(thread), tag: seq << 8 | index, _not_send: PhantomData };
         Ok(if got { Acquire::Got(held) } else { Acquire::MustSwitch(held) })
@@ -388,7 +480,7 @@ impl TokenStack {
             return Err(TokenError::NotHeld);
         }
         match self.entries.get(held.index()) {
-            Some(e) if e.seq == held.seq() => Ok(e.tok.addr()),
+            Some(e) if e.seq() == held.seq() => Ok(e.addr()),
             _ => Err(TokenError::NotHeld),
         }
     }
@@ -396,44 +488,48 @@ impl TokenStack {
     /// Pops `held`, which must be the top entry, releasing its atomic hold.
     #[inline]
     pub(crate) fn pop(&mut self, held: Held, thread: u64) -> Result<(), (Held, TokenError)> {
-        if let Err(e) = self.check(&held, thread) {
-            return Err((held, e));
-        }
-        if held.index() + 1 != self.entries.len() {
-            return Err((held, TokenError::OutOfOrder));
-        }
-        // Read in place and dropped in place: moving the entry out would copy it
-        // with wide loads over the narrow stores that made it (a store-forwarding
-        // stall of tens of cycles on the hot path).
-        let Some(e) = self.entries.last() else { return Err((held, TokenError::NotHeld)) };
-        if e.owns && e.acquired {
-            if e.exclusive {
-                e.tok.get().release_exclusive();
-            } else {
-                e.tok.get().release_shared();
+        let top = self.entries.len().wrapping_sub(1);
+        if held.thread == thread_tag(thread) && held.index() == top {
+            if let Some(e) = self.entries.last() {
+                if e.seq() == held.seq() {
+                    // Released and dropped in place: moving the entry out would copy
+                    // it with a wide load over the narrow stores that made it (a
+                    // store-forwarding stall on the hot path). The entry is
+                    // discarded, so its flags are not updated.
+                    if e.meta & (E_OWNS | E_ACQUIRED) == E_OWNS | E_ACQUIRED {
+                        if e.has(E_EXCL) {
+                            e.token().release_exclusive();
+                        } else {
+                            e.token().release_shared();
+                        }
+                    }
+                    e.drop_ref();
+                    self.entries.truncate(top);
+                    return Ok(());
+                }
             }
         }
-        self.entries.truncate(held.index());
-        Ok(())
+        // Not the live top entry: say why.
+        let error = match self.check(&held, thread) {
+            Err(e) => e,
+            Ok(_) => TokenError::OutOfOrder,
+        };
+        Err((held, error))
     }
 
     /// Releases every atomic hold (the thread is switching out); the entries stay.
     /// Releases every hold and forgets them (a thread's record is reused).
     pub(crate) fn clear(&mut self) {
         self.release_all();
+        for e in &self.entries {
+            e.drop_ref();
+        }
         self.entries.clear();
     }
 
     pub(crate) fn release_all(&mut self) {
         for e in self.entries.iter_mut().rev() {
-            if e.owns && e.acquired {
-                if e.exclusive {
-                    e.tok.get().release_exclusive();
-                } else {
-                    e.tok.get().release_shared();
-                }
-                e.acquired = false;
-            }
+            e.release();
         }
     }
 
@@ -442,13 +538,12 @@ impl TokenStack {
     pub(crate) fn acquire_all(&mut self) -> bool {
         for i in 0..self.entries.len() {
             let e = &mut self.entries[i];
-            if !e.owns || e.acquired {
+            if !e.needs_acquire() {
                 continue;
             }
-            let ok =
-                if e.exclusive { e.tok.get().try_exclusive() } else { e.tok.get().try_shared() };
+            let ok = if e.has(E_EXCL) { e.token().try_exclusive() } else { e.token().try_shared() };
             if ok {
-                e.acquired = true;
+                e.meta |= E_ACQUIRED;
             } else {
                 self.release_all();
                 return false;
@@ -459,14 +554,14 @@ impl TokenStack {
 
     /// True if every entry is acquired (the thread may run).
     pub(crate) fn all_acquired(&self) -> bool {
-        self.entries.iter().all(|e| !e.owns || e.acquired)
+        self.entries.iter().all(|e| !e.needs_acquire())
     }
 }
 
 impl Drop for TokenStack {
     fn drop(&mut self) {
         // A thread that ends (or is torn down at shutdown) gives back what it holds.
-        self.release_all();
+        self.clear();
     }
 }
 
