@@ -598,7 +598,7 @@ impl Cpu {
     /// this CPU is a direct call. Returns a [`Seq`] for [`wait`](Self::wait).
     #[inline]
     pub fn send(&self, target: CpuId, func: IpiFn, a1: usize, a2: usize) -> Result<Seq, SendError> {
-        self.send_slot(target, Slot { func, a1, a2 }, Mode::Active)
+        self.send_fast(target, func, a1, a2)
     }
 
     /// Queues `func(a1, a2)` for `target` without waking it: it runs at the target's
@@ -657,8 +657,7 @@ impl Cpu {
         let st = self.my_stats();
         let mut unsignalled = 0u64;
         for &(a1, a2) in args {
-            let slot = Slot { func, a1, a2 };
-            let index = match ring.try_push(slot, sh.cap / 2) {
+            let index = match ring.try_push(func, a1, a2, sh.cap / 2) {
                 Some(i) => i,
                 None => {
                     // Let the target see what is queued before waiting on it.
@@ -667,7 +666,7 @@ impl Cpu {
                     self.signal(target, Mode::Active);
                     bump(&st.fifo_full, 1);
                     self.wait_for_space(target, ring, sh.cap / 4)?;
-                    ring.try_push(slot, sh.cap / 2).ok_or(SendError::Busy(target))?
+                    ring.try_push(func, a1, a2, sh.cap / 2).ok_or(SendError::Busy(target))?
                 }
             };
             unsignalled += 1;
@@ -695,7 +694,35 @@ impl Cpu {
         })
     }
 
+    /// The active send's common case, kept small so the entry's fields stay in
+    /// registers: top level, no overflow queued, another CPU, room in the FIFO.
+    /// Everything else goes to [`send_slot`](Self::send_slot).
     #[inline]
+    fn send_fast(
+        &self,
+        target: CpuId,
+        func: IpiFn,
+        a1: usize,
+        a2: usize,
+    ) -> Result<Seq, SendError> {
+        let sh = &*self.shared;
+        if target.index() < sh.ncpus
+            && target != self.id
+            && self.depth.get() == 0
+            && self.overflowed.get() == 0
+            && !sh.shutdown.load(Ordering::Relaxed)
+        {
+            let ring = sh.ring(target, self.id);
+            if let Some(index) = ring.try_push(func, a1, a2, sh.cap / 2) {
+                bump(&self.my_stats().sent, 1);
+                self.signal(target, Mode::Active);
+                return Ok(Seq { target, source: self.id, index, direct: false });
+            }
+        }
+        self.send_slot(target, Slot { func, a1, a2 }, Mode::Active)
+    }
+
+    #[inline(never)]
     fn send_slot(&self, target: CpuId, slot: Slot, mode: Mode) -> Result<Seq, SendError> {
         let sh = &*self.shared;
         self.check_target(target)?;
@@ -725,19 +752,19 @@ impl Cpu {
             if self.overflowed.get() > 0 {
                 self.flush_overflow_to(target, true)?;
             }
-            match ring.try_push(slot, cap / 2) {
+            match ring.try_push_slot(slot, cap / 2) {
                 Some(i) => i,
                 None => {
                     bump(&st.fifo_full, 1);
                     self.wait_for_space(target, ring, cap / 4)?;
-                    ring.try_push(slot, cap / 2).ok_or(SendError::Busy(target))?
+                    ring.try_push_slot(slot, cap / 2).ok_or(SendError::Busy(target))?
                 }
             }
         } else {
             // Inside a callback: never block. Use the reserved upper part of the
             // FIFO; past that, queue locally in order and let later polls flush.
             let queued = self.overflowed.get() > 0 && self.overflow_len(target) > 0;
-            match if queued { None } else { ring.try_push(slot, cap - 3) } {
+            match if queued { None } else { ring.try_push_slot(slot, cap - 3) } {
                 Some(i) => i,
                 None => {
                     bump(&st.fifo_full, 1);
@@ -778,7 +805,7 @@ impl Cpu {
                 let next =
                     self.overflow.borrow().get(target.index()).and_then(|q| q.front().copied());
                 let Some(slot) = next else { break };
-                if ring.try_push(slot, limit).is_none() {
+                if ring.try_push_slot(slot, limit).is_none() {
                     break;
                 }
                 if let Some(q) = self.overflow.borrow_mut().get_mut(target.index()) {

@@ -2,9 +2,14 @@
 //! function calls from one source CPU to one target CPU.
 //!
 //! # Ownership
-//! - `windex` and `rcache` are written only by the source (the thread attached as the
-//!   source CPU). `rcache` is the source's private copy of `rindex`, refreshed only
-//!   when the ring looks full, so the source rarely reads the target's line.
+//! - `windex`, `wnext` and `rcache` are written only by the source (the thread
+//!   attached as the source CPU). `wnext` and `rcache` sit on a line of their own
+//!   that only the source touches: `wnext` is the source's copy of `windex` and
+//!   `rcache` its copy of `rindex`, refreshed only when the ring looks full. The
+//!   source only *stores* to the shared `windex` line, never loads it: when the
+//!   target reads that line, the processor may take it away from the source
+//!   (migratory sharing), and a load of it would then wait a full cache-line
+//!   transfer per message, where a store waits in the store buffer.
 //! - `rindex`, `xindex` and `active` are written only by the target. The source
 //!   never reads `rindex`; it reads `published`, a copy on its own line that the
 //!   target stores every 16 entries and at the end of each drain (so a stream does
@@ -49,8 +54,11 @@ impl Slot {
     pub(crate) const EMPTY: Slot = Slot { func: noop, a1: 0, a2: 0 };
 }
 
+/// The source's private line: nobody else reads or writes it.
 struct SourceLine {
-    windex: AtomicU32,
+    /// The source's copy of `windex` (equal to it whenever the source is not
+    /// inside `try_push`).
+    wnext: AtomicU32,
     rcache: AtomicU32,
 }
 
@@ -69,6 +77,8 @@ const SLOTS_PER_LINE: u32 = 2;
 const PUBLISH_EVERY: u32 = 16;
 
 pub(crate) struct Ring {
+    /// The write index, published by the source (store only) and read by the target.
+    windex: CachePadded<AtomicU32>,
     src: CachePadded<SourceLine>,
     dst: CachePadded<TargetLine>,
     /// `rindex` as the source sees it: published by the target every
@@ -96,8 +106,9 @@ impl Ring {
     pub(crate) fn new(capacity: u32) -> Self {
         debug_assert!(capacity.is_power_of_two());
         Ring {
+            windex: CachePadded::new(AtomicU32::new(0)),
             src: CachePadded::new(SourceLine {
-                windex: AtomicU32::new(0),
+                wnext: AtomicU32::new(0),
                 rcache: AtomicU32::new(0),
             }),
             dst: CachePadded::new(TargetLine {
@@ -118,7 +129,7 @@ impl Ring {
     /// refreshed if `refresh`).
     #[inline]
     pub(crate) fn source_fill(&self, refresh: bool) -> u32 {
-        let w = self.src.windex.load(Ordering::Relaxed);
+        let w = self.src.wnext.load(Ordering::Relaxed);
         let r = if refresh {
             let r = self.published.load(Ordering::Acquire);
             self.src.rcache.store(r, Ordering::Relaxed);
@@ -129,11 +140,21 @@ impl Ring {
         w.wrapping_sub(r)
     }
 
-    /// Pushes `slot` unless more than `limit` entries are outstanding. Returns the
-    /// new write index (the entry's sequence number). Source only.
+    /// [`Ring::try_push`] for an entry already built as a [`Slot`].
     #[inline]
-    pub(crate) fn try_push(&self, slot: Slot, limit: u32) -> Option<u32> {
-        let w = self.src.windex.load(Ordering::Relaxed);
+    pub(crate) fn try_push_slot(&self, slot: Slot, limit: u32) -> Option<u32> {
+        let Slot { func, a1, a2 } = slot;
+        self.try_push(func, a1, a2, limit)
+    }
+
+    /// Pushes the entry `func(a1, a2)` unless more than `limit` entries are
+    /// outstanding. Returns the new write index (the entry's sequence number).
+    /// Source only. Takes the fields, not a `Slot`: a 32-byte `Slot` argument
+    /// travels through the stack, and every store a send makes waits in the store
+    /// buffer behind the slot's cache-line transfer.
+    #[inline]
+    pub(crate) fn try_push(&self, func: IpiFn, a1: usize, a2: usize, limit: u32) -> Option<u32> {
+        let w = self.src.wnext.load(Ordering::Relaxed);
         let mut r = self.src.rcache.load(Ordering::Relaxed);
         if w.wrapping_sub(r) > limit {
             r = self.published.load(Ordering::Acquire);
@@ -147,7 +168,6 @@ impl Ring {
         // Field by field: a whole-`Slot` write is a copy through a stack temporary
         // whose wide loads read back the narrow stores that built it, a
         // store-forwarding stall that perf showed as most of a stream's send time.
-        let Slot { func, a1, a2 } = slot;
         // SAFETY: `w - rindex <= limit < capacity`, so the target has consumed the
         // previous occupant of this slot (its Release store of the published index,
         // made after it copied the slot, was observed by our Acquire load, or by an
@@ -160,7 +180,8 @@ impl Ring {
             core::ptr::addr_of_mut!((*p).a2).write(a2);
         });
         let nw = w.wrapping_add(1);
-        self.src.windex.store(nw, Ordering::Release);
+        self.src.wnext.store(nw, Ordering::Relaxed);
+        self.windex.store(nw, Ordering::Release);
         Some(nw)
     }
 
@@ -174,7 +195,7 @@ impl Ring {
     /// The source's write index. Source only.
     #[inline]
     pub(crate) fn source_windex(&self) -> u32 {
-        self.src.windex.load(Ordering::Relaxed)
+        self.src.wnext.load(Ordering::Relaxed)
     }
 
     /// True once every entry below `seq` has completed on the target.
@@ -198,14 +219,14 @@ impl Ring {
     /// True if published entries remain. Target side (or anyone, as a hint).
     #[inline]
     pub(crate) fn has_entries(&self) -> bool {
-        diff(self.src.windex.load(Ordering::Acquire), self.dst.rindex.load(Ordering::Relaxed)) > 0
+        diff(self.windex.load(Ordering::Acquire), self.dst.rindex.load(Ordering::Relaxed)) > 0
     }
 
     /// Runs every entry published when the call starts, and entries published
     /// meanwhile up to one more FIFO's worth. Target only. Returns how many ran
     /// (including ones run by nested drains of this ring inside callbacks).
     pub(crate) fn drain(&self, cpu: &Cpu) -> u32 {
-        let mut wi = self.src.windex.load(Ordering::Acquire);
+        let mut wi = self.windex.load(Ordering::Acquire);
         let mut n = 0;
         // Entries that arrive while we drain are taken in the same call, up to one
         // FIFO's worth beyond the first snapshot, so a busy stream pays the poll's
@@ -218,7 +239,7 @@ impl Ring {
                 if budget == 0 {
                     break;
                 }
-                wi = self.src.windex.load(Ordering::Acquire);
+                wi = self.windex.load(Ordering::Acquire);
                 if diff(wi, r) <= 0 {
                     break;
                 }
@@ -270,7 +291,7 @@ impl Ring {
     pub(crate) fn indices(&self) -> (u32, u32, u32) {
         let x = self.dst.xindex.load(Ordering::SeqCst);
         let r = self.dst.rindex.load(Ordering::SeqCst);
-        let w = self.src.windex.load(Ordering::SeqCst);
+        let w = self.windex.load(Ordering::SeqCst);
         (w, r, x)
     }
 }
