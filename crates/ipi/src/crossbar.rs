@@ -695,8 +695,9 @@ impl Cpu {
     }
 
     /// The active send's common case, kept small so the entry's fields stay in
-    /// registers: top level, no overflow queued, another CPU, room in the FIFO.
-    /// Everything else goes to [`send_slot`](Self::send_slot).
+    /// registers: another CPU, no overflow queued, room in the FIFO (below half
+    /// full at top level; inside a callback, the reserved upper part too, as in
+    /// [`send_slot`](Self::send_slot)). Everything else goes to `send_slot`.
     #[inline]
     fn send_fast(
         &self,
@@ -708,12 +709,12 @@ impl Cpu {
         let sh = &*self.shared;
         if target.index() < sh.ncpus
             && target != self.id
-            && self.depth.get() == 0
             && self.overflowed.get() == 0
             && !sh.shutdown.load(Ordering::Relaxed)
         {
             let ring = sh.ring(target, self.id);
-            if let Some(index) = ring.try_push(func, a1, a2, sh.cap / 2) {
+            let limit = if self.depth.get() == 0 { sh.cap / 2 } else { sh.cap - 3 };
+            if let Some(index) = ring.try_push(func, a1, a2, limit) {
                 bump(&self.my_stats().sent, 1);
                 self.signal(target, Mode::Active);
                 return Ok(Seq { target, source: self.id, index, direct: false });
