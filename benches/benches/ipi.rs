@@ -123,6 +123,15 @@ fn dfly_recv(_: &Cpu, a1: usize, a2: usize) {
     GOT.with(|g| g.set(g.get() + 1));
 }
 
+/// One step of a busy-polling dfly consumer, the same shape as the ring peers'
+/// receive loops ([`spin_recv`]): poll, and pause once if nothing ran.
+#[inline]
+fn busy_poll(cpu: &Cpu) {
+    if cpu.poll() == 0 {
+        std::hint::spin_loop();
+    }
+}
+
 /// dfly stream: CPU 0 sends `n` messages to CPU 1. `busy`: the consumer busy-polls
 /// (as the ring peers do); otherwise it uses `poll_or_park` (spins briefly, then
 /// parks). Returns (seconds, sender stats).
@@ -169,7 +178,7 @@ fn dfly_stream(
             ready.wait();
             while GOT.with(|g| g.get()) < n {
                 if busy {
-                    cpu.poll();
+                    busy_poll(&cpu);
                 } else {
                     cpu.poll_or_park(Some(Duration::from_millis(10)));
                 }
@@ -401,7 +410,7 @@ fn dfly_pingpong(rounds: usize) -> Vec<f64> {
             let cpu = x.attach(1).unwrap();
             ready.wait();
             while !stop.load(Ordering::Relaxed) {
-                cpu.poll();
+                busy_poll(&cpu);
             }
             ready.wait();
         });
@@ -413,7 +422,7 @@ fn dfly_pingpong(rounds: usize) -> Vec<f64> {
             let t = Instant::now();
             cpu.send(c(1), dfly_ping, 0, 0).unwrap();
             while PONGS.with(|p| p.get()) <= r {
-                cpu.poll();
+                busy_poll(&cpu);
             }
             samples.push(t.elapsed().as_nanos() as f64);
         }
