@@ -886,7 +886,8 @@ impl Cpu {
         // does not move) for SPIN_WINDOW, or is parked; and it never starts when the
         // target last ran on this very core (oversubscribed): there, spinning only
         // burns the time slice the target needs.
-        if !dfly_core::sync::LOOM && !self.shares_core_with(target) {
+        let same_core = !dfly_core::sync::LOOM && self.shares_core_with(target);
+        if !dfly_core::sync::LOOM && !same_core {
             let high = sh.cap / 2;
             let park = sh.inbox(target).park.word();
             let mut seen = ring.published();
@@ -923,11 +924,12 @@ impl Cpu {
         if sh.kick(target) {
             bump(&self.my_stats().wakeups, 1);
         }
-        self.wait_until(Some(ring), Some(target), &|| ring.source_fill(true) <= low).map_err(|e| {
-            match e {
-                WaitError::Shutdown => SendError::Shutdown,
-                _ => SendError::Busy(target),
-            }
+        // On the target's own core, the backoff spin before parking only delays the
+        // target too: park at once.
+        let cond = || ring.source_fill(true) <= low;
+        self.wait_until_spin(Some(ring), Some(target), !same_core, &cond).map_err(|e| match e {
+            WaitError::Shutdown => SendError::Shutdown,
+            _ => SendError::Busy(target),
         })
     }
 
@@ -940,6 +942,20 @@ impl Cpu {
             (NO_CORE, _) | (_, None) => self.ncpus() > dfly_core::affinity::available_cores(),
             (t, Some(mine)) => t as usize == mine,
         }
+    }
+
+    /// True if every other attached CPU's thread last ran on the core this thread
+    /// runs on now (so none of them can send while this one spins). False when the
+    /// core is unknown.
+    fn others_share_my_core(&self) -> bool {
+        if dfly_core::sync::LOOM {
+            return false;
+        }
+        let Some(mine) = dfly_core::affinity::current_core() else { return false };
+        let sh = &*self.shared;
+        CpuId::all(sh.ncpus)
+            .filter(|&t| t != self.id && sh.is_attached(t))
+            .all(|t| sh.inbox(t).core.load(Ordering::Relaxed) == mine as u32)
     }
 
     /// Runs one entry as an IPI callback on this CPU.
@@ -1163,11 +1179,15 @@ impl Cpu {
         if n > 0 {
             return n;
         }
-        let mut b = Backoff::new();
-        while !b.is_completed() {
-            b.spin();
-            if self.has_pending() {
-                return self.poll();
+        // Spinning lets a sender on another core reach us without a wake syscall;
+        // when every other CPU last ran on this very core, it only delays them.
+        if !self.others_share_my_core() {
+            let mut b = Backoff::new();
+            while !b.is_completed() {
+                b.spin();
+                if self.has_pending() {
+                    return self.poll();
+                }
             }
         }
         self.park(timeout);
@@ -1181,6 +1201,18 @@ impl Cpu {
         &self,
         ring: Option<&Ring>,
         target: Option<CpuId>,
+        cond: &dyn Fn() -> bool,
+    ) -> Result<(), WaitError> {
+        self.wait_until_spin(ring, target, true, cond)
+    }
+
+    /// [`wait_until`](Self::wait_until); without `spin`, parks as soon as nothing
+    /// is left to run (for a waiter that shares its core with the one it waits on).
+    fn wait_until_spin(
+        &self,
+        ring: Option<&Ring>,
+        target: Option<CpuId>,
+        spin: bool,
         cond: &dyn Fn() -> bool,
     ) -> Result<(), WaitError> {
         let sh = &*self.shared;
@@ -1203,7 +1235,7 @@ impl Cpu {
                 backoff.reset();
                 continue;
             }
-            if !backoff.is_completed() {
+            if spin && !backoff.is_completed() {
                 backoff.spin();
                 continue;
             }
