@@ -831,10 +831,15 @@ fn wakeup_suite(rec: &mut Recorder, mode: Mode) {
 
 // ---- all-to-all request/reply -----------------------------------------------------------
 
-static REPLIES: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+thread_local! {
+    /// Replies this CPU's thread has received (a plain per-thread count, as the
+    /// crossbeam peer's local `got`; a shared array here would put both CPUs'
+    /// counters on one cache line).
+    static REPLIES: Cell<u64> = const { Cell::new(0) };
+}
 
-fn a2a_reply(cpu: &Cpu, _: usize, _: usize) {
-    REPLIES[cpu.id().index()].fetch_add(1, Ordering::Relaxed);
+fn a2a_reply(_: &Cpu, _: usize, _: usize) {
+    REPLIES.with(|r| r.set(r.get() + 1));
 }
 
 fn a2a_request(cpu: &Cpu, from: usize, _: usize) {
@@ -849,9 +854,6 @@ fn dfly_a2a(k: u64) -> f64 {
     let xbar = Crossbar::new(2).unwrap();
     let done = AtomicU64::new(0);
     let go = Barrier::new(2);
-    for r in &REPLIES {
-        r.store(0, Ordering::Relaxed);
-    }
     let t = Instant::now();
     std::thread::scope(|s| {
         for me in 0..2usize {
@@ -859,11 +861,12 @@ fn dfly_a2a(k: u64) -> f64 {
             s.spawn(move || {
                 pin(me);
                 let cpu = x.attach(me).unwrap();
+                REPLIES.with(|r| r.set(0));
                 go.wait();
                 let other = c(1 - me);
                 let mut sent = 0u64;
                 loop {
-                    let got = REPLIES[me].load(Ordering::Relaxed);
+                    let got = REPLIES.with(|r| r.get());
                     if sent < k && sent - got < WINDOW {
                         cpu.send(other, a2a_request, me, 0).unwrap();
                         sent += 1;
