@@ -313,9 +313,12 @@ impl Entry {
         let (ptr, arc) = match tok {
             TokenRef::Static(t) => (NonNull::from(t), 0),
             TokenRef::Shared(t) => {
-                // The reference count is handed to the entry and given back in `drop`.
+                // The reference count is handed to the entry and given back by
+                // `drop_ref` when the stack removes it.
                 let raw = Arc::into_raw(t) as *mut Token;
-                (NonNull::new(raw).unwrap_or(NonNull::dangling()), E_ARC)
+                // SAFETY: `Arc::into_raw` returns the address of the token inside the
+                // Arc's allocation, which is never null.
+                (unsafe { NonNull::new_unchecked(raw) }, E_ARC)
             }
         };
         Entry { tok: ptr, meta: seq << 8 | flags | arc }
