@@ -684,7 +684,10 @@ fn oversub_suite(rec: &mut Recorder, mode: Mode) {
 
 fn idle_suite(rec: &mut Recorder, mode: Mode) {
     progress("ipi: idle poll cost, N = 2..64");
-    let iters = mode.scale(20_000_000);
+    // Many short samples rather than a few long ones: a poll is 2-3 ns, so a
+    // sample of 4 million polls is 10 ms, and the median of 25 interleaved
+    // samples per N is steadier on a shared machine than the median of 5.
+    let iters = mode.scale(4_000_000);
     let ns_list = [2usize, 4, 8, 16, 32, 64];
     let xbars: Vec<Crossbar> = ns_list.iter().map(|&n| Crossbar::new(n).unwrap()).collect();
     // Repetitions interleaved over the CPU counts (each N polls one batch, then
@@ -692,7 +695,7 @@ fn idle_suite(rec: &mut Recorder, mode: Mode) {
     // the spread measures the code, not the moment. A CPU is attached per batch
     // on a fresh thread pinned to core 0 (one attachment per thread).
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); ns_list.len()];
-    for _ in 0..mode.reps() {
+    for _ in 0..mode.reps() * 5 {
         for (xbar, out) in xbars.iter().zip(samples.iter_mut()) {
             let ns = std::thread::scope(|s| {
                 s.spawn(|| {
