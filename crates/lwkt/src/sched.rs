@@ -59,7 +59,7 @@ use dfly_ipi::CpuHandle;
 use crate::machine::{JoinError, Request, Shared, Spawn, SpawnError};
 use crate::runq::RunQueue;
 use crate::task::{JoinHandle, TaskRef};
-use crate::token::{Acquire, Held, ReleaseError, TokenError, TokenRef, TokenStack};
+use crate::token::{Acquire, Held, ReleaseError, TokenError, TokenRef, Tokens, TokensRef};
 use crate::{Flow, Priority};
 
 /// A thread's identity: its CPU, its slot there, and a unique number (so an id of a
@@ -200,7 +200,7 @@ struct Thread {
     prio: Priority,
     state: State,
     body: Body,
-    tokens: TokenStack,
+    tokens: Tokens,
     sleep: Option<SleepRec>,
     sleep_gen: u32,
     wake: Wake,
@@ -249,7 +249,7 @@ impl Threads {
                 prio: nt.prio,
                 state: State::Runnable,
                 body: Body::Fresh(nt.task),
-                tokens: TokenStack::default(),
+                tokens: Tokens::new(),
                 sleep: None,
                 sleep_gen: 0,
                 wake: Wake::None,
@@ -855,7 +855,8 @@ impl CpuCore {
             Body::Fresh(task) => match self.take_stack(inner) {
                 Ok((stack, mut co)) => {
                     inner.stats.stacks_in_use += 1;
-                    *co = Some(self.make_coroutine(key, uid, task, stack));
+                    let tokens = inner.threads[key].tokens.share();
+                    *co = Some(self.make_coroutine(key, uid, tokens, task, stack));
                     co
                 }
                 Err(e) => {
@@ -1079,12 +1080,13 @@ impl CpuCore {
         self: &Rc<Self>,
         key: usize,
         uid: u64,
+        tokens: TokensRef,
         mut task: TaskRef,
         stack: DefaultStack,
     ) -> Co {
         let core = self.clone();
         Coroutine::with_stack(stack, move |y: &Yielder<(), Switch>, ()| {
-            let mut cx = Ctx { y, core, key, uid, _not_send: PhantomData };
+            let mut cx = Ctx { y, core, key, uid, tokens, _not_send: PhantomData };
             match catch_unwind(AssertUnwindSafe(|| task.run(&mut cx))) {
                 Ok(step) => (step, task),
                 Err(payload) => {
@@ -1155,6 +1157,8 @@ pub struct Ctx<'y> {
     core: Rc<CpuCore>,
     key: usize,
     uid: u64,
+    /// This thread's token stack (owned by its record).
+    tokens: TokensRef,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -1461,11 +1465,7 @@ impl<'y> Ctx<'y> {
         exclusive: bool,
         try_only: bool,
     ) -> Result<Held, TokenError> {
-        let r = {
-            let mut inner = self.core.inner.borrow_mut();
-            inner.threads[self.key].tokens.push(tok, exclusive, self.uid, try_only)?
-        };
-        match r {
+        match self.tokens.push(tok, exclusive, self.uid, try_only)? {
             Acquire::Got(h) => Ok(h),
             Acquire::MustSwitch(h) => self.acquire_wait(h),
         }
@@ -1481,15 +1481,14 @@ impl<'y> Ctx<'y> {
         let spins = if self.is_simulated() { 0 } else { 64 };
         for _ in 0..spins {
             core::hint::spin_loop();
-            let mut inner = self.core.inner.borrow_mut();
-            if inner.threads[self.key].tokens.acquire_all() {
+            if self.tokens.acquire_all() {
                 return Ok(h);
             }
-            inner.stats.token_contention += 1;
+            self.core.inner.borrow_mut().stats.token_contention += 1;
         }
         loop {
             self.suspend(Switch::TokenWait);
-            if self.core.inner.borrow().threads[self.key].tokens.all_acquired() {
+            if self.tokens.all_acquired() {
                 return Ok(h);
             }
         }
@@ -1517,26 +1516,20 @@ impl<'y> Ctx<'y> {
     /// Releases a hold; it must be the most recent one still held (LIFO).
     #[inline]
     pub fn release(&mut self, held: Held) -> Result<(), ReleaseError> {
-        let mut inner = self.core.inner.borrow_mut();
-        inner.threads[self.key]
-            .tokens
-            .pop(held, self.uid)
-            .map_err(|(held, error)| ReleaseError { held, error })
+        self.tokens.pop(held, self.uid).map_err(|(held, error)| ReleaseError { held, error })
     }
 
     /// Number of token holds on this thread's stack.
     pub fn tokens_held(&self) -> usize {
-        self.core.inner.borrow().threads[self.key].tokens.len()
+        self.tokens.len()
     }
 
     /// `Ok((exclusive, token address))` if `held` is one of this thread's live
     /// holds; exclusive if the thread holds that token exclusively (directly or
     /// by a recursive hold).
     pub(crate) fn check_held(&self, held: &Held) -> Result<(bool, usize), TokenError> {
-        let inner = self.core.inner.borrow();
-        let toks = &inner.threads[self.key].tokens;
-        let addr = toks.check(held, self.uid)?;
-        Ok((toks.holds_exclusive(addr), addr))
+        let addr = self.tokens.check(held, self.uid)?;
+        Ok((self.tokens.holds_exclusive(addr), addr))
     }
 
     // ---- continuations ----------------------------------------------------------
