@@ -473,41 +473,66 @@ fn spin_recv<T>(mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
-fn record_rtt(rec: &mut Recorder, imp: &str, mut s: Vec<f64>) -> f64 {
-    let p50 = percentile(&mut s, 0.5);
-    let p99 = percentile(&mut s, 0.99);
-    let p999 = percentile(&mut s, 0.999);
+fn record_rtt(rec: &mut Recorder, imp: &str, s: Vec<f64>) -> f64 {
+    record_rtt_chunks(rec, imp, vec![s])
+}
+
+/// Records the RTT percentiles of `chunks` (runs of one implementation): each
+/// statistic is the median over the chunks of that chunk's figure, so a chunk
+/// that fell in a slow phase of the machine moves the result no more than one
+/// slow chunk should (pooling the samples would set a fast phase's p50 against a
+/// slow phase's p99.9).
+fn record_rtt_chunks(rec: &mut Recorder, imp: &str, mut chunks: Vec<Vec<f64>>) -> f64 {
+    let mut stat =
+        |q: f64| -> Vec<f64> { chunks.iter_mut().map(|s| percentile(s, q)).collect::<Vec<f64>>() };
+    let (mut p50s, mut p99s, mut p999s) = (stat(0.5), stat(0.99), stat(0.999));
+    let mut ratios: Vec<f64> = p999s.iter().zip(&p50s).map(|(a, b)| a / b).collect();
+    let p50 = median(&mut p50s);
     rec.record("pingpong", imp, "rtt_p50", p50, "ns", true);
-    rec.record("pingpong", imp, "rtt_p99", p99, "ns", true);
-    rec.record("pingpong", imp, "rtt_p999", p999, "ns", true);
-    rec.record("pingpong", imp, "p999_over_p50", p999 / p50, "x", true);
+    rec.record("pingpong", imp, "rtt_p99", median(&mut p99s), "ns", true);
+    rec.record("pingpong", imp, "rtt_p999", median(&mut p999s), "ns", true);
+    rec.record("pingpong", imp, "p999_over_p50", median(&mut ratios), "x", true);
     p50
+}
+
+fn refring_pingpong(rounds: usize) -> Vec<f64> {
+    let (mut a_tx, mut a_rx) = refring::ring::<u64>(2);
+    let (mut b_tx, mut b_rx) = refring::ring::<u64>(2);
+    pingpong_peer(
+        rounds,
+        (move |v| while !a_tx.push(v) {}, move || spin_recv(|| a_rx.pop())),
+        (move |v| while !b_tx.push(v) {}, move || spin_recv(|| b_rx.pop())),
+    )
+}
+
+fn rtrb_pingpong(rounds: usize) -> Vec<f64> {
+    let (mut a_tx, mut a_rx) = rtrb::RingBuffer::<u64>::new(1);
+    let (mut b_tx, mut b_rx) = rtrb::RingBuffer::<u64>::new(1);
+    pingpong_peer(
+        rounds,
+        (move |v| while a_tx.push(v).is_err() {}, move || spin_recv(|| a_rx.pop().ok())),
+        (move |v| while b_tx.push(v).is_err() {}, move || spin_recv(|| b_rx.pop().ok())),
+    )
 }
 
 fn pingpong_suite(rec: &mut Recorder, mode: Mode) {
     progress("ipi: pingpong (one message in flight)");
     let rounds = mode.scale(100_000) as usize;
-    record_rtt(rec, "dfly", dfly_pingpong(rounds));
-    {
-        let (mut a_tx, mut a_rx) = refring::ring::<u64>(2);
-        let (mut b_tx, mut b_rx) = refring::ring::<u64>(2);
-        let s = pingpong_peer(
-            rounds,
-            (move |v| while !a_tx.push(v) {}, move || spin_recv(|| a_rx.pop())),
-            (move |v| while !b_tx.push(v) {}, move || spin_recv(|| b_rx.pop())),
-        );
-        record_rtt(rec, "reference-ring", s);
+    // dfly and the two busy-polled rings run in interleaved chunks, so that a slow
+    // phase of a shared machine (this VM's round trips move between about 100 and
+    // 600 ns from one minute to the next) lands on all three alike and the ratio
+    // compares them under the same conditions.
+    let chunks = mode.reps();
+    let per = (rounds / chunks).max(1);
+    let (mut d, mut r, mut t) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..chunks {
+        d.push(dfly_pingpong(per));
+        r.push(refring_pingpong(per));
+        t.push(rtrb_pingpong(per));
     }
-    {
-        let (mut a_tx, mut a_rx) = rtrb::RingBuffer::<u64>::new(1);
-        let (mut b_tx, mut b_rx) = rtrb::RingBuffer::<u64>::new(1);
-        let s = pingpong_peer(
-            rounds,
-            (move |v| while a_tx.push(v).is_err() {}, move || spin_recv(|| a_rx.pop().ok())),
-            (move |v| while b_tx.push(v).is_err() {}, move || spin_recv(|| b_rx.pop().ok())),
-        );
-        record_rtt(rec, RTRB, s);
-    }
+    record_rtt_chunks(rec, "dfly", d);
+    record_rtt_chunks(rec, "reference-ring", r);
+    record_rtt_chunks(rec, RTRB, t);
     for cap in [1usize, 0] {
         let (a_tx, a_rx) = crossbeam_channel::bounded::<u64>(cap);
         let (b_tx, b_rx) = crossbeam_channel::bounded::<u64>(cap);
