@@ -531,34 +531,38 @@ fn rtrb_pingpong(rounds: usize) -> Vec<f64> {
     )
 }
 
+fn crossbeam_pingpong(rounds: usize, cap: usize) -> Vec<f64> {
+    let (a_tx, a_rx) = crossbeam_channel::bounded::<u64>(cap);
+    let (b_tx, b_rx) = crossbeam_channel::bounded::<u64>(cap);
+    pingpong_peer(
+        rounds,
+        (move |v| a_tx.send(v).unwrap(), move || a_rx.recv().unwrap()),
+        (move |v| b_tx.send(v).unwrap(), move || b_rx.recv().unwrap()),
+    )
+}
+
 fn pingpong_suite(rec: &mut Recorder, mode: Mode) {
     progress("ipi: pingpong (one message in flight)");
     let rounds = mode.scale(100_000) as usize;
-    // dfly and the two busy-polled rings run in interleaved chunks, so that a slow
+    // dfly and the peers its goals name (the two busy-polled rings and
+    // crossbeam-channel bounded(1)) run in interleaved chunks, so that a slow
     // phase of a shared machine (this VM's round trips move between about 100 and
-    // 600 ns from one minute to the next) lands on all three alike and the ratio
-    // compares them under the same conditions.
+    // 600 ns from one minute to the next) lands on all of them alike and the
+    // ratios compare them under the same conditions.
     let chunks = mode.reps();
     let per = (rounds / chunks).max(1);
-    let (mut d, mut r, mut t) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut d, mut r, mut t, mut cb) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..chunks {
         d.push(dfly_pingpong(per));
         r.push(refring_pingpong(per));
         t.push(rtrb_pingpong(per));
+        cb.push(crossbeam_pingpong(per, 1));
     }
     record_rtt_chunks(rec, "dfly", d);
     record_rtt_chunks(rec, "reference-ring", r);
     record_rtt_chunks(rec, RTRB, t);
-    for cap in [1usize, 0] {
-        let (a_tx, a_rx) = crossbeam_channel::bounded::<u64>(cap);
-        let (b_tx, b_rx) = crossbeam_channel::bounded::<u64>(cap);
-        let s = pingpong_peer(
-            rounds,
-            (move |v| a_tx.send(v).unwrap(), move || a_rx.recv().unwrap()),
-            (move |v| b_tx.send(v).unwrap(), move || b_rx.recv().unwrap()),
-        );
-        record_rtt(rec, &format!("{CB} bounded({cap})"), s);
-    }
+    record_rtt_chunks(rec, &format!("{CB} bounded(1)"), cb);
+    record_rtt(rec, &format!("{CB} bounded(0)"), crossbeam_pingpong(rounds, 0));
     {
         let (a_tx, a_rx) = std::sync::mpsc::sync_channel::<u64>(1);
         let (b_tx, b_rx) = std::sync::mpsc::sync_channel::<u64>(1);
