@@ -111,6 +111,22 @@ fn throughput(reps: usize, n: u64, mut run: impl FnMut() -> f64) -> f64 {
     median(&mut v)
 }
 
+/// One measurement of `n` messages: runs it and returns the seconds it took.
+type Run = (u64, Box<dyn FnMut() -> f64>);
+
+/// [`throughput`] of several measurements in interleaved rounds (one run of each
+/// per round), so a slow phase of a shared machine lands on all of them alike.
+/// Returns each one's median, in order.
+fn interleaved(reps: usize, runs: &mut [Run]) -> Vec<f64> {
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];
+    for _ in 0..reps {
+        for ((n, run), out) in runs.iter_mut().zip(rates.iter_mut()) {
+            out.push(*n as f64 / run() / 1e6);
+        }
+    }
+    rates.iter_mut().map(|v| median(v)).collect()
+}
+
 // ---- dfly ------------------------------------------------------------------------
 
 thread_local! {
@@ -349,9 +365,6 @@ fn tokio_stream<P: Pay>(n: u64, cap: usize, pa: usize, pb: usize) -> f64 {
     )
 }
 
-/// One stream measurement: runs it and returns the seconds it took.
-type StreamRun = Box<dyn FnMut() -> f64>;
-
 fn stream_suite<P: Pay>(rec: &mut Recorder, mode: Mode, batch: usize) -> f64 {
     let case = format!("stream/{}/batch{batch}", P::NAME);
     progress(&format!("ipi: {case}"));
@@ -360,29 +373,27 @@ fn stream_suite<P: Pay>(rec: &mut Recorder, mode: Mode, batch: usize) -> f64 {
     let tp = "throughput";
     let unit = "Mmsg/s";
     let nt = n / 2;
-    // dfly and the peers its goals name run in interleaved rounds (one run of
-    // each per round), so a slow phase of a shared machine lands on all of them
-    // alike; each figure is the median of its runs.
-    let mut runs: Vec<(String, u64, StreamRun)> = vec![
-        ("dfly".into(), n, Box::new(move || dfly_stream(n, batch, 0, 1, true).0)),
-        ("reference-ring".into(), n, Box::new(move || refring_stream::<P>(n, batch, 0, 1))),
-        (RTRB.into(), n, Box::new(move || rtrb_stream::<P>(n, batch, 0, 1))),
-        (AQ.into(), n, Box::new(move || arrayqueue_stream::<P>(n, 0, 1))),
-        (format!("{CB} bounded(256)"), n, Box::new(move || crossbeam_stream::<P>(n, 256, 0, 1))),
-        (format!("{TOKIO} mpsc(256)"), nt, Box::new(move || tokio_stream::<P>(nt, 256, 0, 1))),
+    // dfly and the peers its goals name run in interleaved rounds, so a slow
+    // phase of a shared machine lands on all of them alike.
+    let names = [
+        "dfly".to_string(),
+        "reference-ring".to_string(),
+        RTRB.to_string(),
+        AQ.to_string(),
+        format!("{CB} bounded(256)"),
+        format!("{TOKIO} mpsc(256)"),
     ];
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];
-    for _ in 0..reps {
-        for ((_, m, run), out) in runs.iter_mut().zip(rates.iter_mut()) {
-            out.push(*m as f64 / run() / 1e6);
-        }
-    }
-    let mut dfly = 0.0;
-    for ((name, _, _), mut v) in runs.iter().zip(rates) {
-        let m = median(&mut v);
-        if name == "dfly" {
-            dfly = m;
-        }
+    let mut runs: Vec<Run> = vec![
+        (n, Box::new(move || dfly_stream(n, batch, 0, 1, true).0)),
+        (n, Box::new(move || refring_stream::<P>(n, batch, 0, 1))),
+        (n, Box::new(move || rtrb_stream::<P>(n, batch, 0, 1))),
+        (n, Box::new(move || arrayqueue_stream::<P>(n, 0, 1))),
+        (n, Box::new(move || crossbeam_stream::<P>(n, 256, 0, 1))),
+        (nt, Box::new(move || tokio_stream::<P>(nt, 256, 0, 1))),
+    ];
+    let medians = interleaved(reps, &mut runs);
+    let dfly = medians[0];
+    for (name, m) in names.iter().zip(medians) {
         rec.record(&case, name, tp, m, unit, false);
     }
     let v = throughput(reps, n, || std_stream::<P>(n, 256, 0, 1));
@@ -705,12 +716,12 @@ fn oversub_suite(rec: &mut Recorder, mode: Mode) {
         let label = oversub_label(imp);
         // Two-core and one-core runs alternate, so the ratio compares runs made
         // in the same phase of a shared machine.
-        let (mut twos, mut ones) = (Vec::new(), Vec::new());
-        for _ in 0..reps {
-            twos.push(n as f64 / blocking_stream(imp, n, 0, 1) / 1e6);
-            ones.push(n as f64 / blocking_stream(imp, n, 0, 0) / 1e6);
-        }
-        let (two, one) = (median(&mut twos), median(&mut ones));
+        let mut runs: Vec<Run> = vec![
+            (n, Box::new(move || blocking_stream(imp, n, 0, 1))),
+            (n, Box::new(move || blocking_stream(imp, n, 0, 0))),
+        ];
+        let m = interleaved(reps, &mut runs);
+        let (two, one) = (m[0], m[1]);
         rec.record(case, &label, "throughput_2core", two, "Mmsg/s", false);
         rec.record(case, &label, "throughput_1core", one, "Mmsg/s", false);
         rec.record(case, &label, "slowdown", two / one, "x", true);
