@@ -6,7 +6,8 @@
 //! CPU; the target's own bit, which no FIFO uses, flags its foreign inbox) and a *park word* (`RUNNING`, `PARKED`,
 //! `WAKING`, a futex).
 //!
-//! **Send (source S to target T).** Write the slot, publish `windex` (Release),
+//! **Send (source S to target T).** Write the slot's entry, publish its stamp (Release;
+//! see the ring module),
 //! [`light`] barrier, then: if S's bit in T's mask is clear, set it (`fetch_or`).
 //! For an active send, load T's park word; only if it reads `PARKED` and S wins the
 //! `PARKED -> WAKING` exchange does S make the wake syscall. So a target that is

@@ -2,7 +2,7 @@
 //!
 //! Every ordered pair of CPUs has its own single-producer/single-consumer FIFO
 //! (N x N in all), so sending needs no lock and no compare-and-swap: the source
-//! writes a slot `{function, arg1, arg2}` and publishes its write index. Each target
+//! writes a slot `{function, arg1, arg2}` and publishes it with the slot's stamp. Each target
 //! has a pending-sender mask, so an idle CPU checks one word rather than 2N queues,
 //! and a park word, so a sender makes a wake syscall only when the target is
 //! actually asleep and no wakeup is already in flight.

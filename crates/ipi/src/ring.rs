@@ -1,15 +1,22 @@
 //! One single-producer/single-consumer FIFO of the crossbar: the ring that carries
 //! function calls from one source CPU to one target CPU.
 //!
+//! # Publication
+//! There is no shared write index. Each slot carries a stamp: the source writes the
+//! entry's three words, then stores the stamp `i + 1` (Release) for entry `i`; the
+//! target runs slot `i` when an Acquire load of its stamp reads `i + 1`. A stamp is
+//! on the same cache line as its entry, so the target learns of an entry and reads
+//! it with one line transfer (a shared index would be a second line, read before the
+//! slot and dependent on it: two transfers in a row per message when the target
+//! keeps up with the source). The stamp of slot `i mod capacity` is `i + 1` from
+//! the lap before (or 0 at first), never `i + 1`, until entry `i` is published.
+//!
 //! # Ownership
-//! - `windex`, `wnext` and `rcache` are written only by the source (the thread
-//!   attached as the source CPU). `wnext` and `rcache` sit on a line of their own
-//!   that only the source touches: `wnext` is the source's copy of `windex` and
-//!   `rcache` its copy of `rindex`, refreshed only when the ring looks full. The
-//!   source only *stores* to the shared `windex` line, never loads it: when the
-//!   target reads that line, the processor may take it away from the source
-//!   (migratory sharing), and a load of it would then wait a full cache-line
-//!   transfer per message, where a store waits in the store buffer.
+//! - `wnext` and `rcache` are written only by the source (the thread attached as
+//!   the source CPU), on a line of their own that only the source touches: `wnext`
+//!   is the next entry's index and `rcache` the source's copy of `rindex`,
+//!   refreshed only when the ring looks full. Slot stamps are written only by the
+//!   source.
 //! - `rindex`, `xindex` and `active` are written only by the target. The source
 //!   never reads `rindex`; it reads `published`, a copy on its own line that the
 //!   target stores every 16 entries and at the end of each drain (so a stream does
@@ -17,14 +24,13 @@
 //! - `waiting` is set by the source when it is about to sleep until the target makes
 //!   progress (space or completion), and cleared by whichever side consumes it.
 //! - Slot `i` is written by the source only while `i - rindex < capacity` says the
-//!   target is done with it, and read by the target only while `i - windex < 0` says
-//!   the source has published it.
+//!   target is done with it, and read by the target only once its stamp says the
+//!   source has published it.
 //!
 //! # Indices
-//! All indices are free-running `u32`s compared by signed difference
-//! (`(a - b) as i32`), never by `!=` or `<`: a nested drain may move `rindex` past an
-//! outer loop's snapshot of `windex`, and a `!=` test would then run stale slots
-//! again.
+//! All indices are free-running `u32`s; order is compared by signed difference
+//! (`(a - b) as i32`). A drain re-reads `rindex` before every entry, because a
+//! callback may have drained further (a nested drain of the same ring).
 //!
 //! # Completion
 //! `xindex` means "every entry below this index has been dispatched and its callback
@@ -39,7 +45,8 @@ use dfly_core::CachePadded;
 
 use crate::{Cpu, IpiFn};
 
-/// One entry: a function and two words, padded to 32 bytes.
+/// One entry as a value (the overflow and foreign queues hold these; a ring slot
+/// holds the same three words beside its stamp).
 #[derive(Clone, Copy)]
 #[repr(C, align(32))]
 pub(crate) struct Slot {
@@ -50,14 +57,26 @@ pub(crate) struct Slot {
 
 fn noop(_: &Cpu, _: usize, _: usize) {}
 
-impl Slot {
-    pub(crate) const EMPTY: Slot = Slot { func: noop, a1: 0, a2: 0 };
+/// One slot of a ring: an entry and its stamp (see "Publication" above), 32 bytes,
+/// two to a cache line.
+#[repr(C, align(32))]
+struct Cell {
+    /// `i + 1` once entry `i` is published in this slot.
+    stamp: AtomicU32,
+    entry: UnsafeCell<Entry>,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Entry {
+    func: IpiFn,
+    a1: usize,
+    a2: usize,
 }
 
 /// The source's private line: nobody else reads or writes it.
 struct SourceLine {
-    /// The source's copy of `windex` (equal to it whenever the source is not
-    /// inside `try_push`).
+    /// The index the next entry gets (the count of entries ever pushed).
     wnext: AtomicU32,
     rcache: AtomicU32,
 }
@@ -70,28 +89,23 @@ struct TargetLine {
     waiting: AtomicU32,
 }
 
-/// Slots per 64-byte cache line.
-const SLOTS_PER_LINE: u32 = 2;
-
 /// How often (in entries) a drain publishes its read cursor to the source.
 const PUBLISH_EVERY: u32 = 16;
 
 pub(crate) struct Ring {
-    /// The write index, published by the source (store only) and read by the target.
-    windex: CachePadded<AtomicU32>,
     src: CachePadded<SourceLine>,
     dst: CachePadded<TargetLine>,
     /// `rindex` as the source sees it: published by the target every
     /// [`PUBLISH_EVERY`] entries and at the end of each drain, on a line of its own
     /// so the source's reads do not bounce the target's bookkeeping line.
     published: CachePadded<AtomicU32>,
-    slots: Box<[UnsafeCell<Slot>]>,
+    slots: Box<[Cell]>,
     mask: u32,
 }
 
-// SAFETY: slots are accessed under the index protocol above: a slot is written only by
+// SAFETY: entries are accessed under the protocol above: an entry is written only by
 // the single source while the target cannot read it, and read only by the single
-// target after the source published it with a Release store of `windex` that the
+// target after the source published it with a Release store of its stamp that the
 // target observed with an Acquire load. Everything else is atomic.
 unsafe impl Sync for Ring {}
 // SAFETY: the ring owns plain data (function pointers and words).
@@ -106,7 +120,6 @@ impl Ring {
     pub(crate) fn new(capacity: u32) -> Self {
         debug_assert!(capacity.is_power_of_two());
         Ring {
-            windex: CachePadded::new(AtomicU32::new(0)),
             src: CachePadded::new(SourceLine {
                 wnext: AtomicU32::new(0),
                 rcache: AtomicU32::new(0),
@@ -118,7 +131,12 @@ impl Ring {
                 waiting: AtomicU32::new(0),
             }),
             published: CachePadded::new(AtomicU32::new(0)),
-            slots: (0..capacity).map(|_| UnsafeCell::new(Slot::EMPTY)).collect(),
+            slots: (0..capacity)
+                .map(|_| Cell {
+                    stamp: AtomicU32::new(0),
+                    entry: UnsafeCell::new(Entry { func: noop, a1: 0, a2: 0 }),
+                })
+                .collect(),
             mask: capacity - 1,
         }
     }
@@ -170,18 +188,19 @@ impl Ring {
         // store-forwarding stall that perf showed as most of a stream's send time.
         // SAFETY: `w - rindex <= limit < capacity`, so the target has consumed the
         // previous occupant of this slot (its Release store of the published index,
-        // made after it copied the slot, was observed by our Acquire load, or by an
-        // earlier one cached in `rcache`) and will not read it again until we
-        // publish `w + 1`. Only this source writes slots. The field pointers come
-        // from the cell's own pointer, valid and aligned for a `Slot`.
-        cell.with_mut(|p| unsafe {
+        // made after it copied the entry, was observed by our Acquire load, or by an
+        // earlier one cached in `rcache`) and will not read it again until it sees
+        // the stamp `w + 1`, stored below. Only this source writes entries. The
+        // field pointers come from the cell's own pointer, valid and aligned for an
+        // `Entry`.
+        cell.entry.with_mut(|p| unsafe {
             core::ptr::addr_of_mut!((*p).func).write(func);
             core::ptr::addr_of_mut!((*p).a1).write(a1);
             core::ptr::addr_of_mut!((*p).a2).write(a2);
         });
         let nw = w.wrapping_add(1);
         self.src.wnext.store(nw, Ordering::Relaxed);
-        self.windex.store(nw, Ordering::Release);
+        cell.stamp.store(nw, Ordering::Release);
         Some(nw)
     }
 
@@ -219,46 +238,33 @@ impl Ring {
     /// True if published entries remain. Target side (or anyone, as a hint).
     #[inline]
     pub(crate) fn has_entries(&self) -> bool {
-        diff(self.windex.load(Ordering::Acquire), self.dst.rindex.load(Ordering::Relaxed)) > 0
+        let r = self.dst.rindex.load(Ordering::Relaxed);
+        self.slots[(r & self.mask) as usize].stamp.load(Ordering::Acquire) == r.wrapping_add(1)
     }
 
     /// Runs every entry published when the call starts, and entries published
     /// meanwhile up to one more FIFO's worth. Target only. Returns how many ran
     /// (including ones run by nested drains of this ring inside callbacks).
     pub(crate) fn drain(&self, cpu: &Cpu) -> u32 {
-        let mut wi = self.windex.load(Ordering::Acquire);
         let mut n = 0;
-        // Entries that arrive while we drain are taken in the same call, up to one
-        // FIFO's worth beyond the first snapshot, so a busy stream pays the poll's
-        // fixed cost once per burst rather than once per message.
-        let mut budget = self.mask + 1;
-        loop {
+        // At most a FIFO's worth is published when the call starts; entries that
+        // arrive meanwhile are taken too, up to one more FIFO's worth, so a busy
+        // stream pays the poll's fixed cost once per burst rather than once per
+        // message, and a source that never stops cannot keep the drain forever.
+        let mut budget = 2 * (self.mask + 1);
+        while budget > 0 {
             // Re-read rindex each time: a callback may have drained further.
             let r = self.dst.rindex.load(Ordering::Relaxed);
-            if diff(wi, r) <= 0 {
-                if budget == 0 {
-                    break;
-                }
-                wi = self.windex.load(Ordering::Acquire);
-                if diff(wi, r) <= 0 {
-                    break;
-                }
-                // Within a continuing drain, stop at a slot-line boundary if that
-                // leaves something to run: the source is likely still writing the
-                // last line, and reading it now would pull the line back and forth.
-                // The rest runs at the next poll, which takes everything.
-                let whole = wi & !(SLOTS_PER_LINE - 1);
-                if diff(whole, r) > 0 {
-                    wi = whole;
-                }
-                budget = budget.saturating_sub(wi.wrapping_sub(r));
-            }
             let cell = &self.slots[(r & self.mask) as usize];
-            // SAFETY: `r < wi` and `wi` was read with Acquire after the source's
-            // Release store published slot `r`; the source will not overwrite it
-            // until it observes a published index above `r`, which we store only
-            // after this copy.
-            let slot = cell.with(|p| unsafe { p.read() });
+            if cell.stamp.load(Ordering::Acquire) != r.wrapping_add(1) {
+                break;
+            }
+            budget -= 1;
+            // SAFETY: the Acquire load above read the stamp `r + 1`, which the
+            // source stores (Release) after it wrote entry `r`; the source will not
+            // overwrite the entry until it observes a published index above `r`,
+            // which we store only after this copy.
+            let e = cell.entry.with(|p| unsafe { p.read() });
             let nr = r.wrapping_add(1);
             self.dst.rindex.store(nr, Ordering::Relaxed);
             if nr % PUBLISH_EVERY == 0 {
@@ -266,7 +272,7 @@ impl Ring {
             }
             self.dst.active.store(self.dst.active.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
             let guard = Completion { ring: self };
-            (slot.func)(cpu, slot.a1, slot.a2);
+            (e.func)(cpu, e.a1, e.a2);
             drop(guard);
             n += 1;
         }
@@ -285,13 +291,13 @@ impl Ring {
             && self.dst.waiting.swap(0, Ordering::AcqRel) != 0
     }
 
-    /// `(windex, rindex, xindex)`, read in the order x, r, w so that, as each only
+    /// `(wnext, rindex, xindex)`, read in the order x, r, w so that, as each only
     /// grows, the returned values satisfy `x <= r <= w` whenever the ring is sound.
     #[cfg(test)]
     pub(crate) fn indices(&self) -> (u32, u32, u32) {
         let x = self.dst.xindex.load(Ordering::SeqCst);
         let r = self.dst.rindex.load(Ordering::SeqCst);
-        let w = self.windex.load(Ordering::SeqCst);
+        let w = self.src.wnext.load(Ordering::SeqCst);
         (w, r, x)
     }
 }

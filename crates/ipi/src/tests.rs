@@ -104,14 +104,14 @@ mod normal {
         let t0 = Instant::now();
         std::thread::scope(|s| {
             let (x, stop) = (&xbar, &stop);
-            // Monitor: xindex <= rindex <= windex at all times, xindex never decreases.
+            // Monitor: xindex <= rindex <= wnext at all times, xindex never decreases.
             s.spawn(move || {
                 let mut last_x = 0u32;
                 let mut samples = 0;
                 while !stop.load(Ordering::SeqCst) && samples < 10_000_000 {
                     let (w, r, xi) = x.ring_indices(c(1), c(0));
                     assert!((xi.wrapping_sub(r) as i32) <= 0, "xindex {xi} passed rindex {r}");
-                    assert!((r.wrapping_sub(w) as i32) <= 0, "rindex {r} passed windex {w}");
+                    assert!((r.wrapping_sub(w) as i32) <= 0, "rindex {r} passed wnext {w}");
                     assert!((xi.wrapping_sub(last_x) as i32) >= 0, "xindex decreased");
                     last_x = xi;
                     samples += 1;
