@@ -995,12 +995,50 @@ impl Cpu {
             || self.overflowed.get() > 0
     }
 
+    /// True if source `src`'s FIFO (or, for this CPU's own index, the foreign
+    /// inbox) holds an entry.
+    #[inline]
+    fn source_has_work(&self, src: usize) -> bool {
+        let sh = &*self.shared;
+        if src != self.id.index() {
+            let s = CpuId::checked(src, sh.ncpus).unwrap_or(CpuId::ZERO);
+            sh.ring(self.id, s).has_entries()
+        } else {
+            !sh.inbox(self.id).foreign.is_empty()
+        }
+    }
+
+    /// True if a poll would find something to run now: an entry in a flagged FIFO
+    /// or the foreign inbox, deferred cpusync work, or queued overflow. Sticky
+    /// bits stay set while a stream pauses, so a busy poller that finds nothing
+    /// pays this scan (the mask word, then two loads per flagged FIFO) rather
+    /// than the whole of `process` (about 125 instructions, by callgrind).
+    #[inline]
+    fn ready(&self) -> bool {
+        if self.has_deferred.get() || self.overflowed.get() > 0 {
+            return true;
+        }
+        let sh = &*self.shared;
+        let inbox = sh.inbox(self.id);
+        for w in 0..sh.nwords {
+            let mut bits = inbox.pending[w].load(Ordering::Relaxed);
+            while bits != 0 {
+                let src = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                if self.source_has_work(src) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
     /// Runs pending IPIs. Inside a critical section it only sets the IPIQ request
     /// flag, and the work runs when the outermost section ends. Returns how many
     /// entries ran.
     #[inline]
     pub fn poll(&self) -> u32 {
-        if !self.has_pending() {
+        if !self.ready() {
             return 0;
         }
         if crit::in_critical() {
@@ -1093,14 +1131,7 @@ impl Cpu {
         let sh = &*self.shared;
         let inbox = sh.inbox(self.id);
         let mut cleared = [0u64; PENDING_WORDS];
-        let has_work = |src: usize| -> bool {
-            if src != self.id.index() {
-                let s = CpuId::checked(src, sh.ncpus).unwrap_or(CpuId::ZERO);
-                sh.ring(self.id, s).has_entries()
-            } else {
-                !inbox.foreign.is_empty()
-            }
-        };
+        let has_work = |src: usize| self.source_has_work(src);
         let mut busy = false;
         for (w, (word, slot)) in
             inbox.pending.iter().zip(cleared.iter_mut()).take(sh.nwords).enumerate()
