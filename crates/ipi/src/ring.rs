@@ -320,3 +320,92 @@ impl Drop for Completion<'_> {
         }
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+    use crate::Crossbar;
+
+    std::thread_local! {
+        static RAN: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+    }
+
+    fn record(_: &Cpu, a1: usize, _: usize) {
+        RAN.with(|r| r.borrow_mut().push(a1));
+    }
+
+    impl Ring {
+        /// A ring as it is after `start` entries went through it: every index and
+        /// cursor at `start`, every slot holding the stamp of the last entry that
+        /// used it.
+        fn new_at(capacity: u32, start: u32) -> Ring {
+            let ring = Ring::new(capacity);
+            for (s, cell) in ring.slots.iter().enumerate() {
+                let first = start.wrapping_sub(capacity);
+                let j = first.wrapping_add((s as u32).wrapping_sub(first) & ring.mask);
+                cell.stamp.store(j.wrapping_add(1), Ordering::Relaxed);
+            }
+            for a in [&ring.src.wnext, &ring.src.rcache, &ring.dst.rindex, &ring.dst.xindex] {
+                a.store(start, Ordering::Relaxed);
+            }
+            ring.published.store(start, Ordering::Relaxed);
+            ring
+        }
+    }
+
+    /// Pushes and drains bursts of every size up to the limit through the point
+    /// where the indices wrap past `u32::MAX` (where entry `u32::MAX`'s stamp is
+    /// 0): every entry runs once, in order, and a slot's stale stamp from the lap
+    /// before never passes for an entry.
+    #[test]
+    fn stamps_and_indices_wrap_past_u32_max() {
+        let xbar = Crossbar::new(1).unwrap();
+        let cpu = xbar.attach(0).unwrap();
+        for start in [u32::MAX - 40, u32::MAX - 15, u32::MAX, 0] {
+            let ring = Ring::new_at(16, start);
+            RAN.with(|r| r.borrow_mut().clear());
+            assert!(!ring.has_entries(), "stale stamps at start {start} look like entries");
+            assert_eq!(ring.drain(&cpu), 0);
+            let mut next = 0usize;
+            for burst in (1..=8).chain(1..=8) {
+                let mut last = 0;
+                for _ in 0..burst {
+                    last = ring.try_push(record, next, 0, 8).expect("room below the limit");
+                    next += 1;
+                }
+                assert!(ring.has_entries());
+                assert!(!ring.completed(last));
+                assert_eq!(ring.drain(&cpu), burst);
+                assert!(ring.completed(last));
+                assert!(!ring.has_entries(), "a drained ring still shows an entry");
+                assert_eq!(ring.published(), ring.source_windex());
+            }
+            let ran = RAN.with(|r| r.borrow().clone());
+            assert_eq!(ran, (0..next).collect::<Vec<_>>(), "start {start}");
+            assert!(
+                diff(ring.source_windex(), start) as usize == next,
+                "the write index moved by the number of entries"
+            );
+        }
+    }
+
+    /// A full ring refuses more than `limit` outstanding entries and takes more
+    /// once the target's published index moves.
+    #[test]
+    fn limit_holds_until_the_target_publishes() {
+        let xbar = Crossbar::new(1).unwrap();
+        let cpu = xbar.attach(0).unwrap();
+        let ring = Ring::new_at(16, u32::MAX - 3);
+        RAN.with(|r| r.borrow_mut().clear());
+        for i in 0..=13 {
+            assert!(ring.try_push(record, i, 0, 13).is_some(), "entry {i}");
+        }
+        assert!(ring.try_push(record, 99, 0, 13).is_none(), "pushed past the limit");
+        assert_eq!(ring.drain(&cpu), 14);
+        assert!(ring.try_push(record, 14, 0, 13).is_some());
+        assert_eq!(ring.drain(&cpu), 1);
+        assert_eq!(RAN.with(|r| r.borrow().clone()), (0..=14).collect::<Vec<_>>());
+    }
+}
