@@ -587,7 +587,13 @@ impl Slab {
     /// Like [`Slab::cleanup`], but releases every fully free zone, even the last of
     /// its class, and keeps no cached zone: after all threads have freed everything,
     /// a trim returns all zone memory to the OS.
+    ///
+    /// A trim waits for a reaper round in progress: the reaper takes cached zones
+    /// and large mappings off their lists and unmaps them after, so without the
+    /// wait a trim could find the lists empty and return while that memory was
+    /// still mapped (and counted in [`Slab::stats`]).
     pub fn trim(&'static self) {
+        let _round = self.reap_lock.guard();
         self.clean(0, true);
     }
 

@@ -163,3 +163,43 @@ fn released_zones_are_reused_before_the_reaper_unmaps_them() {
     HEAP.trim();
     assert_eq!(HEAP.stats().zone_bytes, 0);
 }
+
+/// `trim` waits for a reaper round in progress. The reaper takes cached large
+/// mappings off the cache and unmaps them after; a trim that did not wait could find
+/// the cache empty and return while such a mapping was still mapped and counted.
+/// With the reaper running every millisecond, every trim of a heap with nothing
+/// live must leave no large bytes counted.
+#[test]
+fn trim_leaves_nothing_mapped_while_the_reaper_runs() {
+    static HEAP: Slab = Slab::with_config(Config { reap_ms: 1, ..Config::DEFAULT });
+    // Enough zones to start the reaper, then give them back.
+    let n = 2 * REAPER_AFTER_BYTES / 256;
+    let ps: Vec<_> = (0..n).map(|_| HEAP.alloc(layout(256, 8))).collect();
+    let q = HEAP.alloc(layout(4000, 8));
+    for p in ps {
+        // SAFETY: live blocks of HEAP.
+        unsafe { HEAP.dealloc(p) };
+    }
+    // SAFETY: live.
+    unsafe { HEAP.dealloc(q) };
+    assert!(HEAP.reaper_running(), "the reaper did not start");
+    let start = Instant::now();
+    let mut rounds = 0u32;
+    while rounds < 20_000 && start.elapsed() < Duration::from_secs(3) {
+        // Large blocks of a few sizes, freed into the cache, which the reaper
+        // empties a round after they arrive.
+        let sizes = [300_000, 200_000, 700_000];
+        let bs: Vec<_> = sizes.iter().map(|&s| HEAP.alloc(layout(s, 8))).collect();
+        for b in bs {
+            // SAFETY: live blocks of HEAP.
+            unsafe { HEAP.dealloc(b) };
+        }
+        if rounds % 4 == 0 {
+            thread::sleep(Duration::from_micros(200));
+        }
+        HEAP.trim();
+        let st = HEAP.stats();
+        assert_eq!(st.large_bytes, 0, "after round {rounds}: {st:?}");
+        rounds += 1;
+    }
+}
