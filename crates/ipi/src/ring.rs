@@ -8,8 +8,9 @@
 //! on the same cache line as its entry, so the target learns of an entry and reads
 //! it with one line transfer (a shared index would be a second line, read before the
 //! slot and dependent on it: two transfers in a row per message when the target
-//! keeps up with the source). The stamp of slot `i mod capacity` is `i + 1` from
-//! the lap before (or 0 at first), never `i + 1`, until entry `i` is published.
+//! keeps up with the source). Until entry `i` is published, its slot holds the
+//! stamp of the entry before it in that slot, `i + 1 - capacity` (or 0 on the first
+//! lap), which never equals `i + 1`.
 //!
 //! # Ownership
 //! - `wnext` and `rcache` are written only by the source (the thread attached as
