@@ -189,26 +189,34 @@ impl<K: Copy + PartialEq + Into<usize> + TryFrom<usize>> RunQueue<K> {
             // Not queued at `p`, or already the tail.
             return;
         }
-        if link.prev == NIL {
-            // The common case: the running thread, at the head, with a successor
-            // (so the level's tail is another key).
-            let tail = self.tail[l as usize];
-            self.head[l as usize] = link.next;
-            self.tail[l as usize] = i;
-            if let Some(n) = self.links.get_mut(link.next as usize) {
-                n.prev = NIL;
-            }
-            if let Some(t) = self.links.get_mut(tail as usize) {
-                t.next = i;
-            }
-            if let Some(me) = self.links.get_mut(i as usize) {
-                *me = Link { next: NIL, prev: tail, level: l };
-            }
-        } else {
-            self.unlink(i, l);
-            self.append(i, l);
-            self.len += 1;
+        if link.prev != NIL {
+            self.move_to_tail(i, l);
+            return;
         }
+        // The common case (every yield): the running thread, at the head, with a
+        // successor (so the level's tail is another key).
+        let tail = self.tail[l as usize];
+        self.head[l as usize] = link.next;
+        self.tail[l as usize] = i;
+        if let Some(n) = self.links.get_mut(link.next as usize) {
+            n.prev = NIL;
+        }
+        if let Some(t) = self.links.get_mut(tail as usize) {
+            t.next = i;
+        }
+        if let Some(me) = self.links.get_mut(i as usize) {
+            *me = Link { next: NIL, prev: tail, level: l };
+        }
+    }
+
+    /// [`rotate_to_tail`](Self::rotate_to_tail) for a key in the middle of its
+    /// level (out of line: the yield path never gets here).
+    #[cold]
+    #[inline(never)]
+    fn move_to_tail(&mut self, i: u32, l: u32) {
+        self.unlink(i, l);
+        self.append(i, l);
+        self.len += 1;
     }
 
     /// Threads in run order: highest level first, FIFO within a level.
