@@ -781,7 +781,7 @@ impl Cpu {
                 Some(i) => i,
                 None => {
                     bump(&st.fifo_full, 1);
-                    let i = ring.source_windex().wrapping_add(self.overflow_len(target) as u32 + 1);
+                    let i = ring.next_index().wrapping_add(self.overflow_len(target) as u32 + 1);
                     self.push_overflow(target, slot);
                     bump(&st.sent, 1);
                     return Ok(Seq { target, source: self.id, index: i, direct: false });

@@ -46,10 +46,10 @@ use dfly_core::CachePadded;
 
 use crate::{Cpu, IpiFn};
 
-/// One entry as a value (the overflow and foreign queues hold these; a ring slot
-/// holds the same three words beside its stamp).
+/// One entry: a function and its two words (a ring slot holds one beside its
+/// stamp; the overflow and foreign queues hold them as values).
 #[derive(Clone, Copy)]
-#[repr(C, align(32))]
+#[repr(C)]
 pub(crate) struct Slot {
     pub(crate) func: IpiFn,
     pub(crate) a1: usize,
@@ -64,16 +64,12 @@ fn noop(_: &Cpu, _: usize, _: usize) {}
 struct Cell {
     /// `i + 1` once entry `i` is published in this slot.
     stamp: AtomicU32,
-    entry: UnsafeCell<Entry>,
+    entry: UnsafeCell<Slot>,
 }
 
-#[derive(Clone, Copy)]
-#[repr(C)]
-struct Entry {
-    func: IpiFn,
-    a1: usize,
-    a2: usize,
-}
+// Two slots to a 64-byte line, and the memory figure `Config` documents.
+#[cfg(not(loom))]
+const _: () = assert!(core::mem::size_of::<Cell>() == 32);
 
 /// The source's private line: nobody else reads or writes it.
 struct SourceLine {
@@ -135,7 +131,7 @@ impl Ring {
             slots: (0..capacity)
                 .map(|_| Cell {
                     stamp: AtomicU32::new(0),
-                    entry: UnsafeCell::new(Entry { func: noop, a1: 0, a2: 0 }),
+                    entry: UnsafeCell::new(Slot { func: noop, a1: 0, a2: 0 }),
                 })
                 .collect(),
             mask: capacity - 1,
@@ -192,8 +188,8 @@ impl Ring {
         // made after it copied the entry, was observed by our Acquire load, or by an
         // earlier one cached in `rcache`) and will not read it again until it sees
         // the stamp `w + 1`, stored below. Only this source writes entries. The
-        // field pointers come from the cell's own pointer, valid and aligned for an
-        // `Entry`.
+        // field pointers come from the cell's own pointer, valid and aligned for a
+        // `Slot`.
         cell.entry.with_mut(|p| unsafe {
             core::ptr::addr_of_mut!((*p).func).write(func);
             core::ptr::addr_of_mut!((*p).a1).write(a1);
@@ -212,9 +208,9 @@ impl Ring {
         self.published.load(Ordering::Acquire)
     }
 
-    /// The source's write index. Source only.
+    /// The index the next entry will get. Source only.
     #[inline]
-    pub(crate) fn source_windex(&self) -> u32 {
+    pub(crate) fn next_index(&self) -> u32 {
         self.src.wnext.load(Ordering::Relaxed)
     }
 
@@ -343,8 +339,8 @@ mod tests {
         /// used it.
         fn new_at(capacity: u32, start: u32) -> Ring {
             let ring = Ring::new(capacity);
+            let first = start.wrapping_sub(capacity);
             for (s, cell) in ring.slots.iter().enumerate() {
-                let first = start.wrapping_sub(capacity);
                 let j = first.wrapping_add((s as u32).wrapping_sub(first) & ring.mask);
                 cell.stamp.store(j.wrapping_add(1), Ordering::Relaxed);
             }
@@ -381,12 +377,12 @@ mod tests {
                 assert_eq!(ring.drain(&cpu), burst);
                 assert!(ring.completed(last));
                 assert!(!ring.has_entries(), "a drained ring still shows an entry");
-                assert_eq!(ring.published(), ring.source_windex());
+                assert_eq!(ring.published(), ring.next_index());
             }
             let ran = RAN.with(|r| r.borrow().clone());
             assert_eq!(ran, (0..next).collect::<Vec<_>>(), "start {start}");
             assert!(
-                diff(ring.source_windex(), start) as usize == next,
+                diff(ring.next_index(), start) as usize == next,
                 "the write index moved by the number of entries"
             );
         }
