@@ -1,5 +1,5 @@
-//! Fuzz target: arbitrary sequences of IPI ring operations (active, passive and
-//! nested sends, polls, waits, mask sends) on a two-CPU crossbar with a tiny FIFO,
+//! Fuzz target: arbitrary sequences of IPI ring operations (active, passive,
+//! batched and nested sends, polls, waits, mask sends) on a two-CPU crossbar with a tiny FIFO,
 //! checked against a model: every send runs exactly once, in order per source.
 #![no_main]
 
@@ -48,7 +48,7 @@ fuzz_target!(|ops: &[u8]| {
     let mut next = 0usize;
     let mut want = Vec::new();
     for &op in ops.iter().take(4096) {
-        match op % 6 {
+        match op % 7 {
             0 => { cpu.send(one, bounce, next, 0).unwrap(); want.push(next); next += 1; }
             1 => { cpu.send_passive(one, bounce, next, 0).unwrap(); want.push(next); next += 1; }
             2 => { cpu.poll(); }
@@ -59,6 +59,15 @@ fuzz_target!(|ops: &[u8]| {
                 want.push(v);
                 want.push(v | (1 << 40));
                 next += 1;
+            }
+            5 => {
+                // A batch of 1..=12 entries: larger than the FIFO's half (8), so
+                // long ones straddle a wait for space.
+                let len = usize::from(op / 7) % 12 + 1;
+                let args: Vec<(usize, usize)> = (next..next + len).map(|v| (v, 0)).collect();
+                cpu.send_batch(one, bounce, &args).unwrap();
+                want.extend(next..next + len);
+                next += len;
             }
             _ => { cpu.send_mask(CpuMask::single(one), bounce, next, 0).unwrap(); want.push(next); next += 1; }
         }

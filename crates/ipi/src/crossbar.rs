@@ -668,20 +668,25 @@ impl Cpu {
         let ring = sh.ring(target, self.id);
         let st = self.my_stats();
         let mut unsignalled = 0u64;
-        for &(a1, a2) in args {
-            let index = match ring.try_push(func, a1, a2, sh.cap / 2) {
-                Some(i) => i,
-                None => {
+        let mut rest = args;
+        while !rest.is_empty() {
+            let (k, index) = match ring.try_push_batch(func, rest, sh.cap / 2) {
+                (0, _) => {
                     // Let the target see what is queued before waiting on it.
                     bump(&st.sent, unsignalled);
                     unsignalled = 0;
                     self.signal(target, Mode::Active);
                     bump(&st.fifo_full, 1);
                     self.wait_for_space(target, ring, sh.cap / 4)?;
-                    ring.try_push(func, a1, a2, sh.cap / 2).ok_or(SendError::Busy(target))?
+                    match ring.try_push_batch(func, rest, sh.cap / 2) {
+                        (0, _) => return Err(SendError::Busy(target)),
+                        pushed => pushed,
+                    }
                 }
+                pushed => pushed,
             };
-            unsignalled += 1;
+            rest = &rest[k..];
+            unsignalled += k as u64;
             last = Seq { target, source: self.id, index, direct: false };
         }
         if unsignalled > 0 {

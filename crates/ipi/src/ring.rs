@@ -201,6 +201,61 @@ impl Ring {
         Some(nw)
     }
 
+    /// Pushes `func(a1, a2)` for a prefix of `args`, as many as fit with at most
+    /// `limit + 1` entries outstanding after the push (the bound of
+    /// [`try_push`](Self::try_push) for each entry). Returns how many were pushed
+    /// (0 if none fit) and the last one's index.
+    ///
+    /// The entries are written first and their stamps stored afterwards, last
+    /// entry first: a target polling the first slot sees nothing of the batch
+    /// until all of it is written, so it does not fetch the batch's lines half
+    /// written and take them back from the source between two entries. Any stamp
+    /// order is sound, since the target checks each slot's own stamp, in index
+    /// order.
+    #[inline]
+    pub(crate) fn try_push_batch(
+        &self,
+        func: IpiFn,
+        args: &[(usize, usize)],
+        limit: u32,
+    ) -> (usize, u32) {
+        let w = self.src.wnext.load(Ordering::Relaxed);
+        let room = |r: u32| (limit + 1).saturating_sub(w.wrapping_sub(r)) as usize;
+        let mut free = room(self.src.rcache.load(Ordering::Relaxed));
+        if free < args.len() {
+            let r = self.published.load(Ordering::Acquire);
+            self.src.rcache.store(r, Ordering::Relaxed);
+            free = room(r);
+        }
+        let k = free.min(args.len());
+        if k == 0 {
+            return (0, w);
+        }
+        debug_assert!(
+            w.wrapping_sub(self.src.rcache.load(Ordering::Relaxed)) as usize + k
+                <= self.slots.len()
+        );
+        for (j, &(a1, a2)) in args[..k].iter().enumerate() {
+            let cell = &self.slots[(w.wrapping_add(j as u32) & self.mask) as usize];
+            // SAFETY: as in `try_push`, for each of the `k` slots: at most
+            // `limit + 1 <= capacity` entries are outstanding after the batch, so
+            // the target is done with every slot written here, and reads none of
+            // them before its stamp is stored below.
+            cell.entry.with_mut(|p| unsafe {
+                core::ptr::addr_of_mut!((*p).func).write(func);
+                core::ptr::addr_of_mut!((*p).a1).write(a1);
+                core::ptr::addr_of_mut!((*p).a2).write(a2);
+            });
+        }
+        let nw = w.wrapping_add(k as u32);
+        self.src.wnext.store(nw, Ordering::Relaxed);
+        for j in (0..k as u32).rev() {
+            let i = w.wrapping_add(j);
+            self.slots[(i & self.mask) as usize].stamp.store(i.wrapping_add(1), Ordering::Release);
+        }
+        (k, nw)
+    }
+
     /// The read index as last published by the target (a progress signal for a
     /// source waiting for space).
     #[inline]
@@ -388,6 +443,39 @@ mod tests {
         }
     }
 
+    /// A batch push takes the longest prefix that fits under the limit (what
+    /// single pushes would take), at any point of the index space including the
+    /// u32 wrap; single pushes carry on after it, and every entry runs once, in
+    /// order.
+    #[test]
+    fn batch_push_takes_the_prefix_that_fits() {
+        let xbar = Crossbar::new(1).unwrap();
+        let cpu = xbar.attach(0).unwrap();
+        let args: Vec<(usize, usize)> = (0..20).map(|i| (i, 0)).collect();
+        for start in [u32::MAX - 20, u32::MAX - 3, u32::MAX, 0, 5] {
+            let ring = Ring::new_at(16, start);
+            RAN.with(|r| r.borrow_mut().clear());
+            assert_eq!(ring.try_push_batch(record, &[], 13), (0, start));
+            let (k, last) = ring.try_push_batch(record, &args, 13);
+            assert_eq!((k, last), (14, start.wrapping_add(14)), "start {start}");
+            assert_eq!(ring.try_push_batch(record, &args[14..], 13).0, 0, "past the limit");
+            assert!(ring.try_push(record, 99, 0, 13).is_none());
+            assert!(!ring.completed(last));
+            assert_eq!(ring.drain(&cpu), 14);
+            assert!(ring.completed(last));
+            let (k, last) = ring.try_push_batch(record, &args[14..], 13);
+            assert_eq!((k, last), (6, start.wrapping_add(20)));
+            assert_eq!(ring.try_push(record, 20, 0, 13), Some(start.wrapping_add(21)));
+            // Seven entries outstanding leave room for seven more under limit 13.
+            let more: Vec<(usize, usize)> = (21..40).map(|i| (i, 0)).collect();
+            assert_eq!(ring.try_push_batch(record, &more, 13).0, 7);
+            assert_eq!(ring.drain(&cpu), 14);
+            assert!(!ring.has_entries());
+            let ran = RAN.with(|r| r.borrow().clone());
+            assert_eq!(ran, (0..28).collect::<Vec<_>>(), "start {start}");
+        }
+    }
+
     /// A full ring refuses more than `limit` outstanding entries and takes more
     /// once the target's published index moves.
     #[test]
@@ -404,5 +492,48 @@ mod tests {
         assert!(ring.try_push(record, 14, 0, 13).is_some());
         assert_eq!(ring.drain(&cpu), 1);
         assert_eq!(RAN.with(|r| r.borrow().clone()), (0..=14).collect::<Vec<_>>());
+    }
+}
+
+#[cfg(loom)]
+mod loom_models {
+    use dfly_core::sync::atomic::AtomicUsize;
+    use dfly_core::sync::{thread, Arc};
+
+    use super::*;
+    use crate::{Config, Crossbar};
+
+    fn bump_in_order(_: &Cpu, a1: usize, a2: usize) {
+        // SAFETY: a1 is the address of an AtomicUsize kept alive by the model's Arc.
+        let n = unsafe { &*(a1 as *const AtomicUsize) };
+        assert_eq!(n.fetch_add(1, Ordering::SeqCst), a2, "entries ran out of order");
+    }
+
+    /// The stamps alone, with no pending bit or park word to order anything: a
+    /// target that drains in a loop while the source pushes one entry and then a
+    /// batch of two (stamps stored last entry first) runs all three once each, in
+    /// order, and reads no entry before it is written (loom checks the cell
+    /// accesses). Fails if the batch's stamps are stored Relaxed.
+    #[test]
+    fn loom_batch_stamps_publish_each_entry() {
+        loom::model(|| {
+            let ring = Arc::new(Ring::new(4));
+            let n = Arc::new(AtomicUsize::new(0));
+            let (r2, n2) = (ring.clone(), n.clone());
+            let target = thread::spawn(move || {
+                let x = Crossbar::with_config(1, Config { fifo_capacity: 16, foreign_capacity: 1 })
+                    .unwrap();
+                let cpu = x.attach(0).unwrap();
+                while n2.load(Ordering::SeqCst) < 3 {
+                    if r2.drain(&cpu) == 0 {
+                        thread::yield_now();
+                    }
+                }
+            });
+            let a = &*n as *const AtomicUsize as usize;
+            assert!(ring.try_push(bump_in_order, a, 0, 3).is_some());
+            assert_eq!(ring.try_push_batch(bump_in_order, &[(a, 1), (a, 2)], 3).0, 2);
+            target.join().unwrap();
+        });
     }
 }
