@@ -49,6 +49,8 @@ impl Backoff {
 
     /// Spins for the current step and advances it.
     #[inline]
+    // Under loom SPIN_LIMIT is 0, and clippy sees the `min` as a constant.
+    #[cfg_attr(loom, allow(clippy::unnecessary_min_or_max))]
     pub fn spin(&mut self) {
         let n = 1u32 << self.step.min(SPIN_LIMIT);
         for _ in 0..n {

@@ -406,7 +406,7 @@ impl Crossbar {
         t
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn debug_state(&self) -> String {
         let sh = &*self.shared;
         let mut o = String::new();
@@ -426,7 +426,7 @@ impl Crossbar {
         o
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn ring_indices(&self, target: CpuId, source: CpuId) -> (u32, u32, u32) {
         self.shared.ring(target, source).indices()
     }

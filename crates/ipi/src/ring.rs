@@ -345,7 +345,7 @@ impl Ring {
 
     /// `(wnext, rindex, xindex)`, read in the order x, r, w so that, as each only
     /// grows, the returned values satisfy `x <= r <= w` whenever the ring is sound.
-    #[cfg(test)]
+    #[cfg(all(test, not(loom)))]
     pub(crate) fn indices(&self) -> (u32, u32, u32) {
         let x = self.dst.xindex.load(Ordering::SeqCst);
         let r = self.dst.rindex.load(Ordering::SeqCst);
@@ -495,7 +495,7 @@ mod tests {
     }
 }
 
-#[cfg(loom)]
+#[cfg(all(test, loom))]
 mod loom_models {
     use dfly_core::sync::atomic::AtomicUsize;
     use dfly_core::sync::{thread, Arc};
