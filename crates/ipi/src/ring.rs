@@ -36,9 +36,10 @@
 //! # Completion
 //! `xindex` means "every entry below this index has been dispatched and its callback
 //! has returned". A callback may drain the same ring recursively (while it waits for
-//! FIFO space); `active` counts callbacks from this ring on the target's stack, and
-//! `xindex` advances only when it returns to zero, so it never passes an entry whose
-//! callback is still running and never decreases.
+//! FIFO space); `active` counts the drains of this ring on the target's stack, and
+//! only the outermost one advances `xindex` (after each callback returns, and when
+//! it ends), so `xindex` never passes an entry whose callback is still running and
+//! never decreases.
 
 use dfly_core::sync::atomic::{AtomicU32, Ordering};
 use dfly_core::sync::UnsafeCell;
@@ -295,8 +296,9 @@ impl Ring {
     }
 
     /// Runs every entry published when the call starts, and entries published
-    /// meanwhile up to one more FIFO's worth. Target only. Returns how many ran
-    /// (including ones run by nested drains of this ring inside callbacks).
+    /// meanwhile up to one more FIFO's worth. Target only. Returns how many this
+    /// call ran (entries run by nested drains of this ring inside its callbacks
+    /// count in those drains' returns).
     pub(crate) fn drain(&self, cpu: &Cpu) -> u32 {
         let mut n = 0;
         // At most a FIFO's worth is published when the call starts; entries that
@@ -304,6 +306,15 @@ impl Ring {
         // stream pays the poll's fixed cost once per burst rather than once per
         // message, and a source that never stops cannot keep the drain forever.
         let mut budget = 2 * (self.mask + 1);
+        // `active` counts the drains of this ring on the target's stack (a callback
+        // may drain it again while it waits). Only the outermost drain publishes
+        // completion after each callback; the guard publishes it when the
+        // outermost drain ends, by return or by unwind.
+        let d = &self.dst;
+        let depth = d.active.load(Ordering::Relaxed);
+        d.active.store(depth + 1, Ordering::Relaxed);
+        let outermost = depth == 0;
+        let guard = Completion { ring: self };
         while budget > 0 {
             // Re-read rindex each time: a callback may have drained further.
             let r = self.dst.rindex.load(Ordering::Relaxed);
@@ -322,12 +333,15 @@ impl Ring {
             if nr % PUBLISH_EVERY == 0 {
                 self.published.store(nr, Ordering::Release);
             }
-            self.dst.active.store(self.dst.active.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-            let guard = Completion { ring: self };
             (e.func)(cpu, e.a1, e.a2);
-            drop(guard);
+            if outermost {
+                // Every entry below `rindex` has returned: this one, and any that a
+                // nested drain inside it ran.
+                d.xindex.store(d.rindex.load(Ordering::Relaxed), Ordering::Release);
+            }
             n += 1;
         }
+        drop(guard);
         if n > 0 {
             self.published.store(self.dst.rindex.load(Ordering::Relaxed), Ordering::Release);
         }
@@ -354,9 +368,9 @@ impl Ring {
     }
 }
 
-/// Ends one callback: drops `active` and, at the outermost level, publishes
-/// completion up to `rindex`. Runs on unwind too, so a panicking callback cannot
-/// leave waiters spinning forever.
+/// Ends one drain: drops `active` and, at the outermost level, publishes
+/// completion up to `rindex`. Runs on unwind too, so a panicking callback (whose
+/// entry counts as completed) cannot leave waiters spinning forever.
 struct Completion<'a> {
     ring: &'a Ring,
 }
@@ -474,6 +488,53 @@ mod tests {
             let ran = RAN.with(|r| r.borrow().clone());
             assert_eq!(ran, (0..28).collect::<Vec<_>>(), "start {start}");
         }
+    }
+
+    std::thread_local! {
+        static NESTED: std::cell::Cell<(*const Ring, u32)> =
+            const { std::cell::Cell::new((std::ptr::null(), 0)) };
+    }
+
+    /// Drains its own ring again, as a callback waiting for FIFO space does.
+    fn reenter(cpu: &Cpu, a1: usize, _: usize) {
+        record(cpu, a1, 0);
+        let (ring, me) = NESTED.with(|n| n.get());
+        // SAFETY: the test keeps the ring alive across the drain that runs this.
+        let ring = unsafe { &*ring };
+        assert!(!ring.completed(me), "completion covers a running callback");
+        assert_eq!(ring.drain(cpu), 2);
+        assert!(!ring.completed(me), "a nested drain published completion under its caller");
+    }
+
+    fn boom(_: &Cpu, _: usize, _: usize) {
+        panic!("callback failed (expected by the test)");
+    }
+
+    /// Completion never covers a callback that is still running, even when it
+    /// drains its own ring again; it covers everything once the outermost callback
+    /// returns. A callback that panics counts as completed, and the ring's
+    /// bookkeeping survives it.
+    #[test]
+    fn completion_waits_for_the_outermost_callback() {
+        let xbar = Crossbar::new(1).unwrap();
+        let cpu = xbar.attach(0).unwrap();
+        let ring = Ring::new_at(16, u32::MAX - 1);
+        RAN.with(|r| r.borrow_mut().clear());
+        let first = ring.try_push(reenter, 0, 0, 13).unwrap();
+        NESTED.with(|n| n.set((&ring as *const Ring, first)));
+        ring.try_push(record, 1, 0, 13).unwrap();
+        let last = ring.try_push(record, 2, 0, 13).unwrap();
+        assert_eq!(ring.drain(&cpu), 1, "the nested drain ran the other two");
+        assert!(ring.completed(last));
+        assert_eq!(RAN.with(|r| r.borrow().clone()), vec![0, 1, 2]);
+
+        let bad = ring.try_push(boom, 0, 0, 13).unwrap();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ring.drain(&cpu)));
+        assert!(r.is_err());
+        assert!(ring.completed(bad), "a panicking callback's entry never completes");
+        let after = ring.try_push(record, 3, 0, 13).unwrap();
+        assert_eq!(ring.drain(&cpu), 1);
+        assert!(ring.completed(after), "completion stopped after a panic");
     }
 
     /// A full ring refuses more than `limit` outstanding entries and takes more
