@@ -61,8 +61,8 @@ fuzz_target!(|ops: &[u8]| {
                 next += 1;
             }
             5 => {
-                // A batch of 1..=12 entries: larger than the FIFO's half (8), so
-                // long ones straddle a wait for space.
+                // A batch of 1..=12 entries: an empty FIFO of 16 takes 9 before
+                // a send waits, so batches of 10 or more straddle a wait for space.
                 let len = usize::from(op / 7) % 12 + 1;
                 let args: Vec<(usize, usize)> = (next..next + len).map(|v| (v, 0)).collect();
                 cpu.send_batch(one, bounce, &args).unwrap();

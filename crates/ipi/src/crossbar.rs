@@ -642,11 +642,15 @@ impl Cpu {
     }
 
     /// Sends `func(a1, a2)` for every pair in `args`, in order, signalling the
-    /// target once for the whole batch (one pending-bit check and one park-word
-    /// check instead of one per message). Waits for space as [`send`](Self::send)
-    /// does. Returns the [`Seq`] of the last entry (a direct, complete `Seq` if
-    /// `args` is empty). From inside IPI callbacks, or to this CPU, it is a loop
-    /// of ordinary sends.
+    /// target once for each run of entries that fit in its FIFO (once for a batch
+    /// that fits: one pending-bit check and one park-word check instead of one per
+    /// message). The entries of a run are written before any of them is published.
+    /// Waits for space as [`send`](Self::send) does. Returns the [`Seq`] of the
+    /// last entry (a direct, complete `Seq` if `args` is empty). From inside IPI
+    /// callbacks, or to this CPU, it is a loop of ordinary sends.
+    ///
+    /// On an error (shutdown, or the target detached while the sender waited for
+    /// space) the entries queued before it stay queued and run.
     pub fn send_batch(
         &self,
         target: CpuId,
@@ -670,21 +674,25 @@ impl Cpu {
         let mut unsignalled = 0u64;
         let mut rest = args;
         while !rest.is_empty() {
-            let (k, index) = match ring.try_push_batch(func, rest, sh.cap / 2) {
-                (0, _) => {
-                    // Let the target see what is queued before waiting on it.
-                    bump(&st.sent, unsignalled);
-                    unsignalled = 0;
-                    self.signal(target, Mode::Active);
-                    bump(&st.fifo_full, 1);
-                    self.wait_for_space(target, ring, sh.cap / 4)?;
-                    match ring.try_push_batch(func, rest, sh.cap / 2) {
-                        (0, _) => return Err(SendError::Busy(target)),
-                        pushed => pushed,
+            let (k, index) = ring.try_push_batch(func, rest, sh.cap / 2);
+            if k == 0 {
+                // Let the target see what is queued before waiting on it.
+                bump(&st.sent, unsignalled);
+                unsignalled = 0;
+                self.signal(target, Mode::Active);
+                bump(&st.fifo_full, 1);
+                self.wait_for_space(target, ring, sh.cap / 4)?;
+                if self.overflowed.get() > 0 {
+                    // A callback run during the wait queued a send locally (its
+                    // FIFO was full). It was sent before the rest of this batch,
+                    // so the rest goes through `send`, which flushes it first.
+                    for &(a1, a2) in rest {
+                        last = self.send(target, func, a1, a2)?;
                     }
+                    return Ok(last);
                 }
-                pushed => pushed,
-            };
+                continue;
+            }
             rest = &rest[k..];
             unsignalled += k as u64;
             last = Seq { target, source: self.id, index, direct: false };
@@ -766,17 +774,18 @@ impl Cpu {
         let index = if self.depth.get() == 0 {
             // Top level: earlier overflow to this target goes first (FIFO order),
             // then wait for space if needed. Waiting is safe here: the callbacks it
-            // runs never block.
-            if self.overflowed.get() > 0 {
-                self.flush_overflow_to(target, true)?;
-            }
-            match ring.try_push_slot(slot, cap / 2) {
-                Some(i) => i,
-                None => {
-                    bump(&st.fifo_full, 1);
-                    self.wait_for_space(target, ring, cap / 4)?;
-                    ring.try_push_slot(slot, cap / 2).ok_or(SendError::Busy(target))?
+            // runs never block. They may queue sends of their own in the overflow
+            // (if the FIFO is full); those were sent first, so they are flushed
+            // again before the push.
+            loop {
+                if self.overflowed.get() > 0 {
+                    self.flush_overflow_to(target, true)?;
                 }
+                if let Some(i) = ring.try_push_slot(slot, cap / 2) {
+                    break i;
+                }
+                bump(&st.fifo_full, 1);
+                self.wait_for_space(target, ring, cap / 4)?;
             }
         } else {
             // Inside a callback: never block. Use the reserved upper part of the

@@ -308,8 +308,9 @@ impl Ring {
         let mut budget = 2 * (self.mask + 1);
         // `active` counts the drains of this ring on the target's stack (a callback
         // may drain it again while it waits). Only the outermost drain publishes
-        // completion after each callback; the guard publishes it when the
-        // outermost drain ends, by return or by unwind.
+        // completion after each callback. The guard publishes the read index
+        // when any drain ends, and completion when the outermost one does, by
+        // return or by unwind.
         let d = &self.dst;
         let depth = d.active.load(Ordering::Relaxed);
         d.active.store(depth + 1, Ordering::Relaxed);
@@ -342,9 +343,6 @@ impl Ring {
             n += 1;
         }
         drop(guard);
-        if n > 0 {
-            self.published.store(self.dst.rindex.load(Ordering::Relaxed), Ordering::Release);
-        }
         n
     }
 
@@ -368,9 +366,12 @@ impl Ring {
     }
 }
 
-/// Ends one drain: drops `active` and, at the outermost level, publishes
-/// completion up to `rindex`. Runs on unwind too, so a panicking callback (whose
-/// entry counts as completed) cannot leave waiters spinning forever.
+/// Ends one drain: drops `active`, publishes `rindex` to the source (space) and,
+/// at the outermost level, completion up to it. Runs on unwind too, so a
+/// panicking callback (whose entry counts as consumed and completed) leaves
+/// neither a sender waiting for space nor a waiter for completion stuck. Each
+/// index is stored only if it moved, so an empty drain writes nothing the source
+/// reads.
 struct Completion<'a> {
     ring: &'a Ring,
 }
@@ -381,8 +382,14 @@ impl Drop for Completion<'_> {
         let d = &self.ring.dst;
         let a = d.active.load(Ordering::Relaxed) - 1;
         d.active.store(a, Ordering::Relaxed);
-        if a == 0 {
-            d.xindex.store(d.rindex.load(Ordering::Relaxed), Ordering::Release);
+        let r = d.rindex.load(Ordering::Relaxed);
+        // Only the target stores these, so its own Relaxed loads read its last
+        // stores.
+        if self.ring.published.load(Ordering::Relaxed) != r {
+            self.ring.published.store(r, Ordering::Release);
+        }
+        if a == 0 && d.xindex.load(Ordering::Relaxed) != r {
+            d.xindex.store(r, Ordering::Release);
         }
     }
 }
@@ -510,6 +517,23 @@ mod tests {
         panic!("callback failed (expected by the test)");
     }
 
+    /// Checks that the entry before it (its sequence number in `NESTED`) has
+    /// completed: the outermost drain publishes completion after each callback.
+    fn sees_previous_completed(cpu: &Cpu, a1: usize, _: usize) {
+        record(cpu, a1, 0);
+        let (ring, prev) = NESTED.with(|n| n.get());
+        // SAFETY: as in `reenter`.
+        let ring = unsafe { &*ring };
+        assert!(ring.completed(prev), "completion lags a callback that returned");
+    }
+
+    /// Drains its own ring again, where the next entry panics.
+    fn reenter_into_panic(cpu: &Cpu, _: usize, _: usize) {
+        let (ring, _) = NESTED.with(|n| n.get());
+        // SAFETY: as in `reenter`.
+        unsafe { &*ring }.drain(cpu);
+    }
+
     /// Completion never covers a callback that is still running, even when it
     /// drains its own ring again; it covers everything once the outermost callback
     /// returns. A callback that panics counts as completed, and the ring's
@@ -528,13 +552,30 @@ mod tests {
         assert!(ring.completed(last));
         assert_eq!(RAN.with(|r| r.borrow().clone()), vec![0, 1, 2]);
 
+        // Completion moves after every callback of the outermost drain.
+        let prev = ring.try_push(record, 3, 0, 13).unwrap();
+        NESTED.with(|n| n.set((&ring as *const Ring, prev)));
+        ring.try_push(sees_previous_completed, 4, 0, 13).unwrap();
+        assert_eq!(ring.drain(&cpu), 2);
+
+        // A panicking callback, at the top and inside a nested drain: its entry
+        // counts as consumed (space published to the source) and completed, and
+        // the next drain publishes as usual.
         let bad = ring.try_push(boom, 0, 0, 13).unwrap();
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ring.drain(&cpu)));
         assert!(r.is_err());
         assert!(ring.completed(bad), "a panicking callback's entry never completes");
-        let after = ring.try_push(record, 3, 0, 13).unwrap();
+        assert_eq!(ring.published(), ring.next_index(), "space not published after a panic");
+        ring.try_push(reenter_into_panic, 0, 0, 13).unwrap();
+        let bad = ring.try_push(boom, 0, 0, 13).unwrap();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ring.drain(&cpu)));
+        assert!(r.is_err());
+        assert!(ring.completed(bad), "a panic in a nested drain left completion behind");
+        assert_eq!(ring.published(), ring.next_index());
+        let after = ring.try_push(record, 5, 0, 13).unwrap();
         assert_eq!(ring.drain(&cpu), 1);
         assert!(ring.completed(after), "completion stopped after a panic");
+        assert_eq!(RAN.with(|r| r.borrow().clone()), vec![0, 1, 2, 3, 4, 5]);
     }
 
     /// A full ring refuses more than `limit` outstanding entries and takes more
@@ -572,13 +613,15 @@ mod loom_models {
 
     /// The stamps alone, with no pending bit or park word to order anything: a
     /// target that drains in a loop while the source pushes one entry and then a
-    /// batch of two (stamps stored last entry first) runs all three once each, in
-    /// order, and reads no entry before it is written (loom checks the cell
-    /// accesses). Fails if the batch's stamps are stored Relaxed.
+    /// batch of two (stamps stored last entry first) into a two-slot ring (so the
+    /// batch reuses a slot once the target publishes space) runs all three once
+    /// each, in order, and no entry is read before it is written or written while
+    /// being read (loom checks the cell accesses). Fails if the batch's stamps are
+    /// stored Relaxed.
     #[test]
     fn loom_batch_stamps_publish_each_entry() {
         loom::model(|| {
-            let ring = Arc::new(Ring::new(4));
+            let ring = Arc::new(Ring::new(2));
             let n = Arc::new(AtomicUsize::new(0));
             let (r2, n2) = (ring.clone(), n.clone());
             let target = thread::spawn(move || {
@@ -592,8 +635,15 @@ mod loom_models {
                 }
             });
             let a = &*n as *const AtomicUsize as usize;
-            assert!(ring.try_push(bump_in_order, a, 0, 3).is_some());
-            assert_eq!(ring.try_push_batch(bump_in_order, &[(a, 1), (a, 2)], 3).0, 2);
+            assert!(ring.try_push(bump_in_order, a, 0, 1).is_some());
+            let mut rest: &[(usize, usize)] = &[(a, 1), (a, 2)];
+            while !rest.is_empty() {
+                let (k, _) = ring.try_push_batch(bump_in_order, rest, 1);
+                rest = &rest[k..];
+                if k == 0 {
+                    thread::yield_now();
+                }
+            }
             target.join().unwrap();
         });
     }

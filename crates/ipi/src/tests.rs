@@ -198,6 +198,83 @@ mod normal {
         assert_eq!(xbar.stats(0).unwrap().sent, (BATCHES * LEN) as u64);
     }
 
+    static WAIT_ORDER: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+    static FLOODED: AtomicBool = AtomicBool::new(false);
+
+    fn wait_order_tag(_: &Cpu, a1: usize, _: usize) {
+        WAIT_ORDER.lock().unwrap().push(a1);
+    }
+
+    /// Runs on CPU 0 while its batch waits for space in the FIFO to CPU 1: sends
+    /// ten more there, past the callbacks' reserved part, so some are queued
+    /// locally.
+    fn flood_while_waiting(cpu: &Cpu, _: usize, _: usize) {
+        for t in 100..110 {
+            cpu.send(c(1), wait_order_tag, t, 0).unwrap();
+        }
+        assert!(cpu.overflowed() > 0, "the flood did not reach the overflow queue");
+        FLOODED.store(true, Ordering::SeqCst);
+    }
+
+    /// A sender that waits for space (a batch, or single sends) runs this CPU's
+    /// incoming IPIs meanwhile; sends those callbacks make to the same target
+    /// (some queued locally because the FIFO is full) were sent before the rest
+    /// and arrive before it.
+    #[test]
+    fn waiting_for_space_keeps_order_with_sends_made_during_the_wait() {
+        for batch in [true, false] {
+            WAIT_ORDER.lock().unwrap().clear();
+            FLOODED.store(false, Ordering::SeqCst);
+            send_twenty_while_flooded(batch);
+        }
+    }
+
+    fn send_twenty_while_flooded(batch: bool) {
+        let xbar =
+            Crossbar::with_config(2, Config { fifo_capacity: 16, ..Config::default() }).unwrap();
+        let t0 = Instant::now();
+        std::thread::scope(|s| {
+            let x = &xbar;
+            s.spawn(move || {
+                let cpu = x.attach(1).unwrap();
+                // Wait (without polling) until CPU 0's batch fills the FIFO to its
+                // limit (capacity / 2 + 1) and waits, then give CPU 0 work that
+                // sends to us, and drain only once it has run.
+                while x.ring_indices(c(1), c(0)).0.wrapping_sub(x.ring_indices(c(1), c(0)).1) < 9 {
+                    assert!(t0.elapsed() < DEADLINE, "the batch never filled the FIFO");
+                    std::thread::yield_now();
+                }
+                cpu.send(c(0), flood_while_waiting, 0, 0).unwrap();
+                while !FLOODED.load(Ordering::SeqCst) {
+                    assert!(t0.elapsed() < DEADLINE, "CPU 0 never ran the flood");
+                    std::thread::yield_now();
+                }
+                while WAIT_ORDER.lock().unwrap().len() < 30 {
+                    cpu.poll_or_park(Some(Duration::from_millis(5)));
+                    assert!(t0.elapsed() < DEADLINE, "receiver stuck");
+                }
+            });
+            while !x.is_attached(1) {
+                assert!(t0.elapsed() < DEADLINE, "CPU 1 never attached");
+                std::thread::yield_now();
+            }
+            let cpu = x.attach(0).unwrap();
+            let args: Vec<(usize, usize)> = (0..20).map(|i| (i, 0)).collect();
+            let last = if batch {
+                cpu.send_batch(c(1), wait_order_tag, &args).unwrap()
+            } else {
+                let mut last = None;
+                for &(a1, a2) in &args {
+                    last = Some(cpu.send(c(1), wait_order_tag, a1, a2).unwrap());
+                }
+                last.unwrap()
+            };
+            cpu.wait(last).unwrap();
+        });
+        let want: Vec<usize> = (0..9).chain(100..110).chain(9..20).collect();
+        assert_eq!(*WAIT_ORDER.lock().unwrap(), want, "batch: {batch}");
+    }
+
     // ---- proptest of interleavings, wakeup bound -------------------------------
 
     #[derive(Debug, Clone)]
