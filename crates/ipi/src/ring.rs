@@ -299,6 +299,7 @@ impl Ring {
     /// meanwhile up to one more FIFO's worth. Target only. Returns how many this
     /// call ran (entries run by nested drains of this ring inside its callbacks
     /// count in those drains' returns).
+    #[inline]
     pub(crate) fn drain(&self, cpu: &Cpu) -> u32 {
         let mut n = 0;
         // At most a FIFO's worth is published when the call starts; entries that
