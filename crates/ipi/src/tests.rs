@@ -818,7 +818,7 @@ mod normal {
 }
 
 #[cfg(loom)]
-mod loom_models {
+pub(crate) mod loom_models {
     use dfly_core::sync::atomic::{AtomicUsize, Ordering};
     use dfly_core::sync::{thread, Arc};
     use dfly_core::CpuId;
@@ -870,10 +870,11 @@ mod loom_models {
         });
     }
 
-    fn bump_in_order(_: &Cpu, a1: usize, a2: usize) {
+    /// Counts an entry and checks it is the `a2`th (from 0) to run.
+    pub(crate) fn bump_in_order(_: &Cpu, a1: usize, a2: usize) {
         // SAFETY: as in `bump`.
         let n = unsafe { &*(a1 as *const AtomicUsize) };
-        assert_eq!(n.fetch_add(1, Ordering::SeqCst), a2, "batch entries ran out of order");
+        assert_eq!(n.fetch_add(1, Ordering::SeqCst), a2, "entries ran out of order");
     }
 
     /// A batch (entries written, then stamps stored last entry first, one signal)
