@@ -410,6 +410,12 @@ mod tests {
         RAN.with(|r| r.borrow_mut().push(a1));
     }
 
+    /// [`Ring::new_at`] with 16 slots, and the callback log cleared.
+    fn fresh_ring(start: u32) -> Ring {
+        RAN.with(|r| r.borrow_mut().clear());
+        Ring::new_at(16, start)
+    }
+
     impl Ring {
         /// A ring as it is after `start` entries went through it: every index and
         /// cursor at `start`, every slot holding the stamp of the last entry that
@@ -438,8 +444,7 @@ mod tests {
         let xbar = Crossbar::new(1).unwrap();
         let cpu = xbar.attach(0).unwrap();
         for start in [u32::MAX - 40, u32::MAX - 15, u32::MAX, 0] {
-            let ring = Ring::new_at(16, start);
-            RAN.with(|r| r.borrow_mut().clear());
+            let ring = fresh_ring(start);
             assert!(!ring.has_entries(), "stale stamps at start {start} look like entries");
             assert_eq!(ring.drain(&cpu), 0);
             let mut next = 0usize;
@@ -475,8 +480,7 @@ mod tests {
         let cpu = xbar.attach(0).unwrap();
         let args: Vec<(usize, usize)> = (0..20).map(|i| (i, 0)).collect();
         for start in [u32::MAX - 20, u32::MAX - 3, u32::MAX, 0, 5] {
-            let ring = Ring::new_at(16, start);
-            RAN.with(|r| r.borrow_mut().clear());
+            let ring = fresh_ring(start);
             assert_eq!(ring.try_push_batch(record, &[], 13), (0, start));
             let (k, last) = ring.try_push_batch(record, &args, 13);
             assert_eq!((k, last), (14, start.wrapping_add(14)), "start {start}");
@@ -543,8 +547,7 @@ mod tests {
     fn completion_waits_for_the_outermost_callback() {
         let xbar = Crossbar::new(1).unwrap();
         let cpu = xbar.attach(0).unwrap();
-        let ring = Ring::new_at(16, u32::MAX - 1);
-        RAN.with(|r| r.borrow_mut().clear());
+        let ring = fresh_ring(u32::MAX - 1);
         let first = ring.try_push(reenter, 0, 0, 13).unwrap();
         NESTED.with(|n| n.set((&ring as *const Ring, first)));
         ring.try_push(record, 1, 0, 13).unwrap();
@@ -584,8 +587,7 @@ mod tests {
     fn limit_holds_until_the_target_publishes() {
         let xbar = Crossbar::new(1).unwrap();
         let cpu = xbar.attach(0).unwrap();
-        let ring = Ring::new_at(16, u32::MAX - 3);
-        RAN.with(|r| r.borrow_mut().clear());
+        let ring = fresh_ring(u32::MAX - 3);
         for i in 0..=13 {
             assert!(ring.try_push(record, i, 0, 13).is_some(), "entry {i}");
         }

@@ -835,11 +835,18 @@ pub(crate) mod loom_models {
         n.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Attaches CPU 1 on a loom thread that polls, and parks whenever it finds
-    /// nothing, until `n` reaches `want`.
-    fn parking_receiver(x: &Crossbar, n: &Arc<AtomicUsize>, want: usize) -> thread::JoinHandle<()> {
+    /// Runs `body` as CPU 0 (given the crossbar, the CPU and the address of a
+    /// counter for `bump`-style callbacks) while CPU 1, on a loom thread, polls and
+    /// parks whenever it finds nothing until the counter reaches `want`; then
+    /// checks that it did. Returns the crossbar and CPU 0 for further checks.
+    fn to_parking_receiver(
+        want: usize,
+        body: impl FnOnce(&Crossbar, &Cpu, usize),
+    ) -> (Crossbar, crate::CpuHandle) {
+        let x = Crossbar::with_config(2, cfg()).unwrap();
+        let n = Arc::new(AtomicUsize::new(0));
         let (x1, n1) = (x.clone(), n.clone());
-        thread::spawn(move || {
+        let rx = thread::spawn(move || {
             let cpu = x1.attach(1).unwrap();
             while n1.load(Ordering::SeqCst) < want {
                 cpu.poll();
@@ -847,7 +854,12 @@ pub(crate) mod loom_models {
                     cpu.park(None);
                 }
             }
-        })
+        });
+        let cpu = x.attach(0).unwrap();
+        body(&x, &cpu, &*n as *const AtomicUsize as usize);
+        rx.join().unwrap();
+        assert_eq!(n.load(Ordering::SeqCst), want);
+        (x, cpu)
     }
 
     /// Ring + pending mask + park word: a receiver that parks whenever it finds
@@ -856,17 +868,12 @@ pub(crate) mod loom_models {
     #[test]
     fn loom_active_send_wakes_a_parking_receiver() {
         loom::model(|| {
-            let x = Crossbar::with_config(2, cfg()).unwrap();
-            let n = Arc::new(AtomicUsize::new(0));
-            let rx = parking_receiver(&x, &n, 2);
-            let cpu = x.attach(0).unwrap();
-            let a = &*n as *const AtomicUsize as usize;
-            cpu.send(CpuId::new(1).unwrap(), bump, a, 0).unwrap();
-            cpu.send(CpuId::new(1).unwrap(), bump, a, 0).unwrap();
-            rx.join().unwrap();
+            let (x, cpu) = to_parking_receiver(2, |_, cpu, a| {
+                cpu.send(CpuId::new(1).unwrap(), bump, a, 0).unwrap();
+                cpu.send(CpuId::new(1).unwrap(), bump, a, 0).unwrap();
+            });
             // Each park consumed at most one wakeup.
-            let s0 = cpu.stats();
-            assert!(s0.wakeups <= x.stats(1).unwrap().parks);
+            assert!(cpu.stats().wakeups <= x.stats(1).unwrap().parks);
         });
     }
 
@@ -883,14 +890,9 @@ pub(crate) mod loom_models {
     #[test]
     fn loom_batch_reaches_a_parking_receiver_in_order() {
         loom::model(|| {
-            let x = Crossbar::with_config(2, cfg()).unwrap();
-            let n = Arc::new(AtomicUsize::new(0));
-            let rx = parking_receiver(&x, &n, 2);
-            let cpu = x.attach(0).unwrap();
-            let a = &*n as *const AtomicUsize as usize;
-            cpu.send_batch(CpuId::new(1).unwrap(), bump_in_order, &[(a, 0), (a, 1)]).unwrap();
-            rx.join().unwrap();
-            assert_eq!(n.load(Ordering::SeqCst), 2);
+            to_parking_receiver(2, |_, cpu, a| {
+                cpu.send_batch(CpuId::new(1).unwrap(), bump_in_order, &[(a, 0), (a, 1)]).unwrap();
+            });
         });
     }
 
@@ -899,17 +901,12 @@ pub(crate) mod loom_models {
     #[test]
     fn loom_wait_for_completion_is_woken() {
         loom::model(|| {
-            let x = Crossbar::with_config(2, cfg()).unwrap();
-            let n = Arc::new(AtomicUsize::new(0));
-            let rx = parking_receiver(&x, &n, 1);
-            let cpu = x.attach(0).unwrap();
-            let a = &*n as *const AtomicUsize as usize;
-            let seq = cpu.send(CpuId::new(1).unwrap(), bump, a, 0).unwrap();
-            // The receiver may detach right after running it; both outcomes are fine,
-            // what must not happen is a wait that sleeps forever.
-            let _ = cpu.wait(seq);
-            rx.join().unwrap();
-            assert_eq!(n.load(Ordering::SeqCst), 1);
+            to_parking_receiver(1, |_, cpu, a| {
+                let seq = cpu.send(CpuId::new(1).unwrap(), bump, a, 0).unwrap();
+                // The receiver may detach right after running it; both outcomes are
+                // fine, what must not happen is a wait that sleeps forever.
+                let _ = cpu.wait(seq);
+            });
         });
     }
 }
