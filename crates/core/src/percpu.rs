@@ -52,6 +52,18 @@ impl<T> PerCpu<T> {
         self.slots.get(cpu.index()).map(|s| &**s)
     }
 
+    /// The slot of `cpu` without a range check, for hot paths whose caller
+    /// has already checked the id against the crossbar or machine it came from.
+    ///
+    /// # Safety
+    /// `cpu.index()` must be below [`PerCpu::len`].
+    #[inline(always)]
+    pub unsafe fn get_unchecked(&self, cpu: CpuId) -> &T {
+        debug_assert!(cpu.index() < self.slots.len(), "PerCpu::get_unchecked out of range");
+        // SAFETY: the caller promises the index is in range.
+        unsafe { self.slots.get_unchecked(cpu.index()) }
+    }
+
     /// All slots in CPU order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &T> + '_ {
         self.slots.iter().map(|s| &**s)

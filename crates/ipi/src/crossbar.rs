@@ -171,6 +171,18 @@ impl Shared {
         &self.inboxes[cpu]
     }
 
+    /// [`Shared::ring`] without the range check, for the send fast path.
+    ///
+    /// # Safety
+    /// `target` and `source` must be below `ncpus`.
+    #[inline(always)]
+    unsafe fn ring_unchecked(&self, target: CpuId, source: CpuId) -> &Ring {
+        debug_assert!(target.index() < self.ncpus && source.index() < self.ncpus);
+        // SAFETY: `rings` holds `ncpus * ncpus` rings and both ids are below
+        // `ncpus` (the caller's promise), so the index is in range.
+        unsafe { self.rings.get_unchecked(target.index() * self.ncpus + source.index()) }
+    }
+
     pub(crate) fn is_attached(&self, cpu: CpuId) -> bool {
         self.inbox(cpu).attached.load(Ordering::Acquire)
     }
@@ -564,6 +576,44 @@ enum Mode {
     Passive,
 }
 
+/// The send fast path's signal: [`signal_inbox`] for an active send, with the
+/// target's inbox looked up without a second range check.
+#[inline(always)]
+fn signal_active(sh: &Shared, me: CpuId, target: CpuId, st: &StatsSlot) {
+    // SAFETY: the caller checked `target` against `ncpus`, the length of `inboxes`.
+    let inbox = unsafe { sh.inboxes.get_unchecked(target) };
+    signal_inbox(inbox, me, st, Mode::Active);
+}
+
+/// Tells the CPU that owns `inbox` that CPU `me` queued work for it (after the
+/// entry is published): sets `me`'s pending bit if it is clear and, for an active
+/// send, wakes the target if it is parked. Counts into `st`, `me`'s statistics.
+#[inline(always)]
+fn signal_inbox(inbox: &Inbox, me: CpuId, st: &StatsSlot, mode: Mode) {
+    light();
+    // `% PENDING_WORDS` changes nothing (a CpuId is below MAX_CPUS), but lets the
+    // compiler drop the range check.
+    let (w, bit) = ((me.index() / 64) % PENDING_WORDS, 1u64 << (me.index() % 64));
+    let word = &inbox.pending[w];
+    if word.load(Ordering::Relaxed) & bit == 0 {
+        word.fetch_or(bit, Ordering::SeqCst);
+        light();
+    }
+    if mode == Mode::Passive {
+        bump(&st.passive, 1);
+        return;
+    }
+    let park = inbox.park.word();
+    if park.load(Ordering::Relaxed) == PARKED
+        && park.compare_exchange(PARKED, WAKING, Ordering::SeqCst, Ordering::Relaxed).is_ok()
+    {
+        inbox.park.wake_one();
+        bump(&st.wakeups, 1);
+    } else {
+        bump(&st.avoided_wakeups, 1);
+    }
+}
+
 impl Cpu {
     /// This CPU's id.
     #[inline]
@@ -731,18 +781,27 @@ impl Cpu {
         a1: usize,
         a2: usize,
     ) -> Result<Seq, SendError> {
-        let sh = &*self.shared;
+        // Everything the fast path reads from `self` is read once, into locals: the
+        // stores a send makes (the slot, the counters) could alias `self` as far as
+        // the compiler knows, and it would otherwise load these again after each.
+        let sh: &Shared = &self.shared;
+        let me = self.id;
         if target.index() < sh.ncpus
-            && target != self.id
+            && target != me
             && self.overflowed.get() == 0
             && !sh.shutdown.load(Ordering::Relaxed)
         {
-            let ring = sh.ring(target, self.id);
             let limit = if self.depth.get() == 0 { sh.cap / 2 } else { sh.cap - 3 };
+            // SAFETY: `target` was checked against `ncpus` above, and `me` was
+            // checked when this CPU attached.
+            let ring = unsafe { sh.ring_unchecked(target, me) };
             if let Some(index) = ring.try_push(func, a1, a2, limit) {
-                bump(&self.my_stats().sent, 1);
-                self.signal(target, Mode::Active);
-                return Ok(Seq { target, source: self.id, index, direct: false });
+                // SAFETY: `me` was checked against `ncpus` (the length of `stats`)
+                // when this CPU attached.
+                let st = unsafe { sh.stats.get_unchecked(me) };
+                bump(&st.sent, 1);
+                signal_active(sh, me, target, st);
+                return Ok(Seq { target, source: me, index, direct: false });
             }
         }
         self.send_slot(target, Slot { func, a1, a2 }, Mode::Active)
@@ -877,29 +936,7 @@ impl Cpu {
     /// The sender's half of the handshake after publishing an entry.
     #[inline(always)]
     fn signal(&self, target: CpuId, mode: Mode) {
-        let sh = &*self.shared;
-        let st = self.my_stats();
-        light();
-        let inbox = sh.inbox(target);
-        let (w, bit) = (self.id.index() / 64, 1u64 << (self.id.index() % 64));
-        let word = &inbox.pending[w];
-        if word.load(Ordering::Relaxed) & bit == 0 {
-            word.fetch_or(bit, Ordering::SeqCst);
-            light();
-        }
-        if mode == Mode::Passive {
-            bump(&st.passive, 1);
-            return;
-        }
-        let park = inbox.park.word();
-        if park.load(Ordering::Relaxed) == PARKED
-            && park.compare_exchange(PARKED, WAKING, Ordering::SeqCst, Ordering::Relaxed).is_ok()
-        {
-            inbox.park.wake_one();
-            bump(&st.wakeups, 1);
-        } else {
-            bump(&st.avoided_wakeups, 1);
-        }
+        signal_inbox(self.shared.inbox(target), self.id, self.my_stats(), mode);
     }
 
     fn wait_for_space(&self, target: CpuId, ring: &Ring, low: u32) -> Result<(), SendError> {
@@ -1016,7 +1053,9 @@ impl Cpu {
         let sh = &*self.shared;
         if src != self.id.index() {
             let s = CpuId::checked(src, sh.ncpus).unwrap_or(CpuId::ZERO);
-            sh.ring(self.id, s).has_entries()
+            // SAFETY: `s` is below `ncpus` (checked just above), and so is this
+            // CPU's id (checked when it attached).
+            unsafe { sh.ring_unchecked(self.id, s) }.has_entries()
         } else {
             !sh.inbox(self.id).foreign.is_empty()
         }
@@ -1083,7 +1122,8 @@ impl Cpu {
                     let src = w * 64 + b;
                     if src != self.id.index() {
                         let s = CpuId::checked(src, sh.ncpus).unwrap_or(CpuId::ZERO);
-                        let ring = sh.ring(self.id, s);
+                        // SAFETY: as in `source_has_work`.
+                        let ring = unsafe { sh.ring_unchecked(self.id, s) };
                         self.depth.set(self.depth.get() + 1);
                         let n = {
                             struct Depth<'a>(&'a Cell<u32>);

@@ -139,6 +139,18 @@ impl Ring {
         }
     }
 
+    /// The slot of entry `i`.
+    #[inline(always)]
+    fn cell(&self, i: u32) -> &Cell {
+        let k = (i & self.mask) as usize;
+        debug_assert!(k < self.slots.len());
+        // SAFETY: `slots` has `mask + 1` cells (`new` makes that many), and
+        // `i & mask <= mask`. The compiler cannot see that the two lengths agree,
+        // so a checked index would cost every send and every drained entry a
+        // compare and branch.
+        unsafe { self.slots.get_unchecked(k) }
+    }
+
     // ---- source side -------------------------------------------------------------
 
     /// Entries the source believes are not yet consumed (using its cached `rindex`,
@@ -180,7 +192,7 @@ impl Ring {
             }
         }
         debug_assert!(w.wrapping_sub(r) <= self.mask, "ring overflow");
-        let cell = &self.slots[(w & self.mask) as usize];
+        let cell = self.cell(w);
         // Field by field: a whole-`Slot` write is a copy through a stack temporary
         // whose wide loads read back the narrow stores that built it, a
         // store-forwarding stall that perf showed as most of a stream's send time.
@@ -237,7 +249,7 @@ impl Ring {
                 <= self.slots.len()
         );
         for (j, &(a1, a2)) in args[..k].iter().enumerate() {
-            let cell = &self.slots[(w.wrapping_add(j as u32) & self.mask) as usize];
+            let cell = self.cell(w.wrapping_add(j as u32));
             // SAFETY: as in `try_push`, for each of the `k` slots: at most
             // `limit + 1 <= capacity` entries are outstanding after the batch, so
             // the target is done with every slot written here, and reads none of
@@ -252,7 +264,7 @@ impl Ring {
         self.src.wnext.store(nw, Ordering::Relaxed);
         for j in (0..k as u32).rev() {
             let i = w.wrapping_add(j);
-            self.slots[(i & self.mask) as usize].stamp.store(i.wrapping_add(1), Ordering::Release);
+            self.cell(i).stamp.store(i.wrapping_add(1), Ordering::Release);
         }
         (k, nw)
     }
@@ -292,7 +304,7 @@ impl Ring {
     #[inline]
     pub(crate) fn has_entries(&self) -> bool {
         let r = self.dst.rindex.load(Ordering::Relaxed);
-        self.slots[(r & self.mask) as usize].stamp.load(Ordering::Acquire) == r.wrapping_add(1)
+        self.cell(r).stamp.load(Ordering::Acquire) == r.wrapping_add(1)
     }
 
     /// Runs every entry published when the call starts, and entries published
@@ -320,7 +332,7 @@ impl Ring {
         while budget > 0 {
             // Re-read rindex each time: a callback may have drained further.
             let r = self.dst.rindex.load(Ordering::Relaxed);
-            let cell = &self.slots[(r & self.mask) as usize];
+            let cell = self.cell(r);
             if cell.stamp.load(Ordering::Acquire) != r.wrapping_add(1) {
                 break;
             }
