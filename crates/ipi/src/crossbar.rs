@@ -649,7 +649,17 @@ impl Cpu {
 
     #[inline(always)]
     pub(crate) fn my_stats(&self) -> &StatsSlot {
-        &self.shared.stats[self.id]
+        // SAFETY: `self.id` was checked against `ncpus`, the length of `stats`,
+        // when this CPU attached.
+        unsafe { self.shared.stats.get_unchecked(self.id) }
+    }
+
+    /// This CPU's inbox.
+    #[inline(always)]
+    fn my_inbox(&self) -> &Inbox {
+        // SAFETY: `self.id` was checked against `ncpus`, the length of `inboxes`,
+        // when this CPU attached.
+        unsafe { self.shared.inboxes.get_unchecked(self.id) }
     }
 
     fn check_target(&self, target: CpuId) -> Result<(), SendError> {
@@ -1057,7 +1067,7 @@ impl Cpu {
             // CPU's id (checked when it attached).
             unsafe { sh.ring_unchecked(self.id, s) }.has_entries()
         } else {
-            !sh.inbox(self.id).foreign.is_empty()
+            !self.my_inbox().foreign.is_empty()
         }
     }
 
@@ -1072,7 +1082,7 @@ impl Cpu {
             return true;
         }
         let sh = &*self.shared;
-        let inbox = sh.inbox(self.id);
+        let inbox = self.my_inbox();
         for w in 0..sh.nwords {
             let mut bits = inbox.pending[w].load(Ordering::Relaxed);
             while bits != 0 {
@@ -1110,7 +1120,7 @@ impl Cpu {
     /// critical section.
     fn process(&self) -> u32 {
         let sh = &*self.shared;
-        let inbox = sh.inbox(self.id);
+        let inbox = self.my_inbox();
         let mut total = 0u32;
         {
             let _cs = crit::crit_enter();
