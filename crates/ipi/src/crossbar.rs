@@ -171,7 +171,8 @@ impl Shared {
         &self.inboxes[cpu]
     }
 
-    /// [`Shared::ring`] without the range check, for the send fast path.
+    /// [`Shared::ring`] without the range check, for the send fast path and the
+    /// poll side.
     ///
     /// # Safety
     /// `target` and `source` must be below `ncpus`.
@@ -576,15 +577,6 @@ enum Mode {
     Passive,
 }
 
-/// The send fast path's signal: [`signal_inbox`] for an active send, with the
-/// target's inbox looked up without a second range check.
-#[inline(always)]
-fn signal_active(sh: &Shared, me: CpuId, target: CpuId, st: &StatsSlot) {
-    // SAFETY: the caller checked `target` against `ncpus`, the length of `inboxes`.
-    let inbox = unsafe { sh.inboxes.get_unchecked(target) };
-    signal_inbox(inbox, me, st, Mode::Active);
-}
-
 /// Tells the CPU that owns `inbox` that CPU `me` queued work for it (after the
 /// entry is published): sets `me`'s pending bit if it is clear and, for an active
 /// send, wakes the target if it is parked. Counts into `st`, `me`'s statistics.
@@ -806,11 +798,12 @@ impl Cpu {
             // checked when this CPU attached.
             let ring = unsafe { sh.ring_unchecked(target, me) };
             if let Some(index) = ring.try_push(func, a1, a2, limit) {
-                // SAFETY: `me` was checked against `ncpus` (the length of `stats`)
-                // when this CPU attached.
-                let st = unsafe { sh.stats.get_unchecked(me) };
+                // SAFETY: `me` was checked against `ncpus` (the length of `stats`
+                // and of `inboxes`) when this CPU attached, and `target` above.
+                let (st, inbox) =
+                    unsafe { (sh.stats.get_unchecked(me), sh.inboxes.get_unchecked(target)) };
                 bump(&st.sent, 1);
-                signal_active(sh, me, target, st);
+                signal_inbox(inbox, me, st, Mode::Active);
                 return Ok(Seq { target, source: me, index, direct: false });
             }
         }

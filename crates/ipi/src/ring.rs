@@ -116,7 +116,9 @@ fn diff(a: u32, b: u32) -> i32 {
 
 impl Ring {
     pub(crate) fn new(capacity: u32) -> Self {
-        debug_assert!(capacity.is_power_of_two());
+        // Checked in release builds too: `cell` relies on `slots.len() == mask + 1`,
+        // which a capacity of 0 would break (it runs once per ring).
+        assert!(capacity.is_power_of_two(), "ring capacity {capacity} is not a power of two");
         Ring {
             src: CachePadded::new(SourceLine {
                 wnext: AtomicU32::new(0),
@@ -144,10 +146,11 @@ impl Ring {
     fn cell(&self, i: u32) -> &Cell {
         let k = (i & self.mask) as usize;
         debug_assert!(k < self.slots.len());
-        // SAFETY: `slots` has `mask + 1` cells (`new` makes that many), and
-        // `i & mask <= mask`. The compiler cannot see that the two lengths agree,
-        // so a checked index would cost every send and every drained entry a
-        // compare and branch.
+        // SAFETY: `slots` has `mask + 1` cells (`new` makes `capacity` of them and
+        // sets `mask = capacity - 1`, having asserted that `capacity` is a power
+        // of two, so at least 1), and `i & mask <= mask`. The compiler cannot see
+        // that the two lengths agree, so a checked index would cost every send
+        // and every drained entry a compare and branch.
         unsafe { self.slots.get_unchecked(k) }
     }
 
