@@ -209,6 +209,42 @@ impl<K: Copy + PartialEq + Into<usize> + TryFrom<usize>> RunQueue<K> {
         }
     }
 
+    /// The common yield in one step: if `k` heads level `p`, has a successor there,
+    /// and no higher level is queued, moves `k` to the tail of its level and
+    /// returns the new head (the thread to run next). Otherwise changes nothing
+    /// and returns `None`; the caller then uses the general operations
+    /// ([`other_at_or_above`](Self::other_at_or_above),
+    /// [`rotate_to_tail`](Self::rotate_to_tail), [`head`](Self::head)), whose
+    /// combined effect in the case handled here is the same.
+    #[inline]
+    pub(crate) fn yield_rotate(&mut self, k: K, p: Priority) -> Option<K> {
+        let i = Self::index(k);
+        let l = level(p);
+        // Shifting in two steps keeps the shift below 32 for level 31.
+        if (self.mask >> l) >> 1 != 0 || self.head[l as usize] != i {
+            return None;
+        }
+        // `i` heads a level, so it is queued and below `links.len()`.
+        let link = *self.links.get(i as usize)?;
+        let next = link.next;
+        if next == NIL {
+            return None;
+        }
+        let tail = self.tail[l as usize];
+        self.head[l as usize] = next;
+        self.tail[l as usize] = i;
+        if let Some(n) = self.links.get_mut(next as usize) {
+            n.prev = NIL;
+        }
+        if let Some(t) = self.links.get_mut(tail as usize) {
+            t.next = i;
+        }
+        if let Some(me) = self.links.get_mut(i as usize) {
+            *me = Link { next: NIL, prev: tail, level: l };
+        }
+        Self::key(next)
+    }
+
     /// [`rotate_to_tail`](Self::rotate_to_tail) for a key in the middle of its
     /// level (out of line: the yield path never gets here).
     #[cold]

@@ -225,10 +225,12 @@ impl Threads {
         self.len
     }
 
+    #[inline]
     fn get(&self, key: usize) -> Option<&Thread> {
         self.slots.get(key).filter(|t| t.uid != 0)
     }
 
+    #[inline]
     fn get_mut(&mut self, key: usize) -> Option<&mut Thread> {
         self.slots.get_mut(key).filter(|t| t.uid != 0)
     }
@@ -705,10 +707,22 @@ impl CpuCore {
     /// coroutine reaches it in the switch's value rather than through the queue
     /// and the thread table.
     #[inline(always)]
-    fn yield_prepare(&self, key: usize) -> Option<Switch> {
+    fn yield_prepare(&self, key: usize, p: Priority) -> Option<Switch> {
         let mut guard = self.inner.borrow_mut();
         let inner = &mut *guard;
-        let p = inner.threads[key].prio;
+        debug_assert_eq!(inner.threads[key].prio, p);
+        // The common case in one run-queue step: an equal is next and nothing
+        // higher is queued, so the switch is wanted whatever the requests and
+        // timers say, and the equal is the thread to run.
+        if self.ipi.is_some() {
+            if let Some(next) = inner.runq.yield_rotate(key, p) {
+                inner.stats.yields += 1;
+                return Some(match Self::take_suspended(inner, next) {
+                    Some((key, uid, co)) => Switch::YieldTo(Picked { key, uid, co }),
+                    None => Switch::Yield,
+                });
+            }
+        }
         // IPIs to a CPU are only nudges to look at its request queue, so the queue
         // is what counts here; the clock is read only when nothing else is
         // runnable and a timer is pending. Under simulation a yield always goes
@@ -743,10 +757,10 @@ impl CpuCore {
     /// higher levels and the request queue; every [`CLOCK_EVERY`]th call also
     /// reads the clock ([`preempt_clock`](Self::preempt_clock)).
     #[inline]
-    fn preempt_wanted(&self, key: usize) -> bool {
+    fn preempt_wanted(&self, key: usize, p: Priority) -> bool {
         let mut guard = self.inner.borrow_mut();
         let inner = &mut *guard;
-        let p = inner.threads[key].prio;
+        debug_assert_eq!(inner.threads[key].prio, p);
         let mut want =
             inner.runq.any_above(p) || !self.shared.inbox(self.id).is_empty() || self.ipi.is_none();
         inner.clock_countdown -= 1;
@@ -815,7 +829,17 @@ impl CpuCore {
     #[inline]
     fn pick_fast(inner: &mut Inner) -> Option<(usize, u64, CoBox)> {
         let head = inner.runq.head()?;
-        let t = inner.threads.get_mut(head)?;
+        Self::take_suspended(inner, head)
+    }
+
+    /// Takes queued thread `head`'s coroutine out of its record to run it, if it
+    /// is suspended on a stack and needs no tokens (the fast pick).
+    #[inline]
+    fn take_suspended(inner: &mut Inner, head: usize) -> Option<(usize, u64, CoBox)> {
+        // Queued keys name live records (a record leaves the run queue before it
+        // is released), and a free slot's body is `Running`, so the body check
+        // below refuses one anyway: no need for the live-record filter here.
+        let t = inner.threads.slots.get_mut(head)?;
         if t.tokens.len() != 0 || !matches!(t.body, Body::Stack(_)) {
             return None;
         }
@@ -855,8 +879,9 @@ impl CpuCore {
             Body::Fresh(task) => match self.take_stack(inner) {
                 Ok((stack, mut co)) => {
                     inner.stats.stacks_in_use += 1;
-                    let tokens = inner.threads[key].tokens.share();
-                    *co = Some(self.make_coroutine(key, uid, tokens, task, stack));
+                    let t = &inner.threads[key];
+                    let (tokens, prio) = (t.tokens.share(), t.prio);
+                    *co = Some(self.make_coroutine(key, uid, prio, tokens, task, stack));
                     co
                 }
                 Err(e) => {
@@ -922,10 +947,10 @@ impl CpuCore {
                 CoroutineResult::Yield(why) => {
                     let mut guard = self.inner.borrow_mut();
                     let inner = &mut *guard;
-                    inner.current = None;
-                    let Some(t) = inner.threads.get_mut(key) else {
-                        return (Ran::Nothing, done);
-                    };
+                    // The thread that ran is live: a record is released only
+                    // after its coroutine returned, or at shutdown, which does
+                    // not run while a CPU runs threads.
+                    let t = &mut inner.threads[key];
                     if t.tokens.len() > 0 {
                         t.tokens.release_all();
                     }
@@ -935,6 +960,7 @@ impl CpuCore {
                     self.maybe_publish(inner);
                     let go_on = done < turns && self.shared.inbox(self.id).is_empty();
                     let next = match why {
+                        // The yielding thread made `next` current when it picked it.
                         Switch::YieldTo(next) if go_on => next,
                         Switch::YieldTo(next) => {
                             Self::unpick(inner, next);
@@ -942,14 +968,20 @@ impl CpuCore {
                         }
                         Switch::Yield if go_on => match Self::pick_fast(inner) {
                             Some((key, uid, co)) => Picked { key, uid, co },
-                            None => return (Ran::Yielded(uid), done),
+                            None => {
+                                inner.current = None;
+                                return (Ran::Yielded(uid), done);
+                            }
                         },
                         Switch::Yield | Switch::TokenWait | Switch::Preempt => {
-                            return (Ran::Yielded(uid), done)
+                            inner.current = None;
+                            return (Ran::Yielded(uid), done);
                         }
-                        Switch::Block => return (Ran::Blocked(uid), done),
+                        Switch::Block => {
+                            inner.current = None;
+                            return (Ran::Blocked(uid), done);
+                        }
                     };
-                    inner.current = Some(next.key);
                     (key, uid, co) = (next.key, next.uid, next.co);
                     done += 1;
                 }
@@ -1080,13 +1112,14 @@ impl CpuCore {
         self: &Rc<Self>,
         key: usize,
         uid: u64,
+        prio: Priority,
         tokens: TokensRef,
         mut task: TaskRef,
         stack: DefaultStack,
     ) -> Co {
         let core = self.clone();
         Coroutine::with_stack(stack, move |y: &Yielder<(), Switch>, ()| {
-            let mut cx = Ctx { y, core, key, uid, tokens, _not_send: PhantomData };
+            let mut cx = Ctx { y, core, key, uid, prio, tokens, _not_send: PhantomData };
             match catch_unwind(AssertUnwindSafe(|| task.run(&mut cx))) {
                 Ok(step) => (step, task),
                 Err(payload) => {
@@ -1157,6 +1190,10 @@ pub struct Ctx<'y> {
     core: Rc<CpuCore>,
     key: usize,
     uid: u64,
+    /// This thread's priority (a copy of its record's, which only
+    /// [`set_priority`](Ctx::set_priority) changes), so the yield paths need not
+    /// look the record up.
+    prio: Priority,
     /// This thread's token stack (owned by its record).
     tokens: TokensRef,
     _not_send: PhantomData<*const ()>,
@@ -1216,7 +1253,7 @@ impl<'y> Ctx<'y> {
 
     /// This thread's priority.
     pub fn priority(&self) -> Priority {
-        self.core.inner.borrow().threads[self.key].prio
+        self.prio
     }
 
     /// Changes this thread's priority. As in DragonFly this does not switch by
@@ -1230,6 +1267,7 @@ impl<'y> Ctx<'y> {
             inner.runq.push_back(self.key, p);
         }
         inner.threads[self.key].prio = p;
+        self.prio = p;
     }
 
     fn suspend(&mut self, why: Switch) {
@@ -1248,7 +1286,7 @@ impl<'y> Ctx<'y> {
     // the switch inline, a thread that yields in a loop mispredicts nothing.
     #[inline(always)]
     pub fn yield_now(&mut self) {
-        if let Some(why) = self.core.yield_prepare(self.key) {
+        if let Some(why) = self.core.yield_prepare(self.key, self.prio) {
             self.y.suspend(why);
         }
     }
@@ -1281,7 +1319,7 @@ impl<'y> Ctx<'y> {
     /// `maybe_yield` or `yield_now` in its loop, or the simulation stalls.
     #[inline]
     pub fn maybe_yield(&mut self) {
-        if self.core.preempt_wanted(self.key) {
+        if self.core.preempt_wanted(self.key, self.prio) {
             self.y.suspend(Switch::Preempt);
         }
     }

@@ -22,6 +22,7 @@ enum RqOp {
     Remove(u8),
     Rotate(u8),
     RotateHead(u8),
+    YieldRotate(u8),
 }
 
 fn rq_op() -> impl Strategy<Value = RqOp> {
@@ -30,6 +31,7 @@ fn rq_op() -> impl Strategy<Value = RqOp> {
         (0u8..16).prop_map(RqOp::Remove),
         (0u8..16).prop_map(RqOp::Rotate),
         (0u8..16).prop_map(RqOp::RotateHead),
+        (0u8..16).prop_map(RqOp::YieldRotate),
     ]
 }
 
@@ -76,6 +78,29 @@ proptest! {
                             level.rotate_left(1);
                         }
                         prop_assert_eq!(rq.rotate_head(k, Priority::new(p as u32).unwrap()), want);
+                    }
+                }
+                RqOp::YieldRotate(k) => {
+                    if let Some(p) = prio_of[k as usize] {
+                        // Applies when `k` heads the highest queued level and is not
+                        // alone there: then it goes to the tail and the new head is
+                        // returned; otherwise nothing changes.
+                        let top = (0..32).rev().find(|&q| !model[q].is_empty());
+                        let level = &mut model[p as usize];
+                        let applies = top == Some(p as usize)
+                            && level.front() == Some(&k)
+                            && level.len() > 1;
+                        let want = if applies {
+                            level.rotate_left(1);
+                            level.front().copied()
+                        } else {
+                            None
+                        };
+                        let got = rq.yield_rotate(k, Priority::new(p as u32).unwrap());
+                        prop_assert_eq!(got, want);
+                        if want.is_some() {
+                            prop_assert_eq!(rq.head(), want);
+                        }
                     }
                 }
             }
