@@ -10,17 +10,20 @@
 //!
 //! The lists are intrusive, as DragonFly's `TAILQ`s are: each key (a thread's slot
 //! number) has one link record (next, previous, level) in a table indexed by the
-//! key, so pushing, removing anywhere and rotating the head to the tail each touch
-//! a few words and never move or scan the other entries.
+//! key, so pushing, removing anywhere and rotating touch a few words and never move
+//! or scan the other entries. Each level's list is a circle (the tail's next is the
+//! head, a lone key links to itself) and the queue keeps only its head, so moving
+//! the head to the tail, which every yield does, is one store: the head becomes
+//! the old head's next.
 
 use core::marker::PhantomData;
 
 use crate::Priority;
 
-/// "No key": the end of a list, or the level of a key that is not queued.
+/// "No key": an empty level's head, or the links of a key that is not queued.
 const NIL: u32 = u32::MAX;
 
-/// A key's place in its list.
+/// A key's place in its level's circle.
 #[derive(Debug, Clone, Copy)]
 struct Link {
     next: u32,
@@ -38,11 +41,11 @@ fn level(p: Priority) -> u32 {
 }
 
 /// Runnable threads of one CPU, by priority. Keys are small indices (thread slot
-/// numbers); the link table grows to the largest key queued.
+/// numbers); the link table grows to the largest key queued and never shrinks, so
+/// every queued key, and every key a queued link names, indexes it.
 #[derive(Debug)]
 pub(crate) struct RunQueue<K> {
     head: [u32; 32],
-    tail: [u32; 32],
     links: Vec<Link>,
     mask: u32,
     len: usize,
@@ -51,14 +54,7 @@ pub(crate) struct RunQueue<K> {
 
 impl<K: Copy + PartialEq + Into<usize> + TryFrom<usize>> RunQueue<K> {
     pub(crate) fn new() -> Self {
-        RunQueue {
-            head: [NIL; 32],
-            tail: [NIL; 32],
-            links: Vec::new(),
-            mask: 0,
-            len: 0,
-            _keys: PhantomData,
-        }
+        RunQueue { head: [NIL; 32], links: Vec::new(), mask: 0, len: 0, _keys: PhantomData }
     }
 
     #[inline]
@@ -99,36 +95,37 @@ impl<K: Copy + PartialEq + Into<usize> + TryFrom<usize>> RunQueue<K> {
         self.len += 1;
     }
 
-    /// Links unqueued index `i` (below `links.len()`) at the tail of level `l`.
+    /// Links unqueued index `i` (below `links.len()`) at the tail of level `l`:
+    /// just before the head in its circle.
     #[inline]
     fn append(&mut self, i: u32, l: u32) {
-        let tail = self.tail[l as usize];
-        self.links[i as usize] = Link { next: NIL, prev: tail, level: l };
-        if tail == NIL {
+        let head = self.head[l as usize];
+        if head == NIL {
+            self.links[i as usize] = Link { next: i, prev: i, level: l };
             self.head[l as usize] = i;
             self.mask |= 1 << l;
-        } else {
-            self.links[tail as usize].next = i;
+            return;
         }
-        self.tail[l as usize] = i;
+        let tail = self.links[head as usize].prev;
+        self.links[i as usize] = Link { next: head, prev: tail, level: l };
+        self.links[tail as usize].next = i;
+        self.links[head as usize].prev = i;
     }
 
     /// Takes queued index `i` out of its level `l`.
     #[inline]
     fn unlink(&mut self, i: u32, l: u32) {
         let Link { next, prev, .. } = self.links[i as usize];
-        if prev == NIL {
-            self.head[l as usize] = next;
+        if next == i {
+            // Alone at its level.
+            self.head[l as usize] = NIL;
+            self.mask &= !(1 << l);
         } else {
             self.links[prev as usize].next = next;
-        }
-        if next == NIL {
-            self.tail[l as usize] = prev;
-        } else {
             self.links[next as usize].prev = prev;
-        }
-        if self.head[l as usize] == NIL {
-            self.mask &= !(1 << l);
+            if self.head[l as usize] == i {
+                self.head[l as usize] = next;
+            }
         }
         self.links[i as usize] = UNQUEUED;
         self.len -= 1;
@@ -155,7 +152,7 @@ impl<K: Copy + PartialEq + Into<usize> + TryFrom<usize>> RunQueue<K> {
             return true;
         }
         let head = self.head[l as usize];
-        head != NIL && (head != Self::index(k) || self.link(head).next != NIL)
+        head != NIL && (head != Self::index(k) || self.link(head).next != head)
     }
 
     /// True if some thread is queued at a level strictly above `p`.
@@ -172,10 +169,14 @@ impl<K: Copy + PartialEq + Into<usize> + TryFrom<usize>> RunQueue<K> {
     pub(crate) fn rotate_head(&mut self, k: K, p: Priority) -> bool {
         let i = Self::index(k);
         let l = level(p);
-        if self.head[l as usize] != i || self.link(i).next == NIL {
+        if self.head[l as usize] != i {
             return false;
         }
-        self.rotate_to_tail(k, p);
+        let next = self.link(i).next;
+        if next == i || next == NIL {
+            return false;
+        }
+        self.head[l as usize] = next;
         true
     }
 
@@ -184,29 +185,19 @@ impl<K: Copy + PartialEq + Into<usize> + TryFrom<usize>> RunQueue<K> {
     pub(crate) fn rotate_to_tail(&mut self, k: K, p: Priority) {
         let i = Self::index(k);
         let l = level(p);
-        let Some(&link) = self.links.get(i as usize) else { return };
-        if link.level != l || link.next == NIL {
+        let link = self.link(i);
+        if link.level != l || link.next == self.head[l as usize] {
             // Not queued at `p`, or already the tail.
             return;
         }
-        if link.prev != NIL {
-            self.move_to_tail(i, l);
+        if self.head[l as usize] == i {
+            // The common case (every yield): the running thread, at the head, with
+            // a successor; in a circle the head moving to the tail is the head
+            // moving on by one.
+            self.head[l as usize] = link.next;
             return;
         }
-        // The common case (every yield): the running thread, at the head, with a
-        // successor (so the level's tail is another key).
-        let tail = self.tail[l as usize];
-        self.head[l as usize] = link.next;
-        self.tail[l as usize] = i;
-        if let Some(n) = self.links.get_mut(link.next as usize) {
-            n.prev = NIL;
-        }
-        if let Some(t) = self.links.get_mut(tail as usize) {
-            t.next = i;
-        }
-        if let Some(me) = self.links.get_mut(i as usize) {
-            *me = Link { next: NIL, prev: tail, level: l };
-        }
+        self.move_to_tail(i, l);
     }
 
     /// The common yield in one step: if `k` heads level `p`, has a successor there,
@@ -224,29 +215,17 @@ impl<K: Copy + PartialEq + Into<usize> + TryFrom<usize>> RunQueue<K> {
         if (self.mask >> l) >> 1 != 0 || self.head[l as usize] != i {
             return None;
         }
-        // `i` heads a level, so it is queued and below `links.len()`.
-        let link = *self.links.get(i as usize)?;
-        let next = link.next;
-        if next == NIL {
+        // `i` heads a level, so it is queued and indexes the link table.
+        let next = self.links.get(i as usize)?.next;
+        if next == i {
             return None;
         }
-        let tail = self.tail[l as usize];
         self.head[l as usize] = next;
-        self.tail[l as usize] = i;
-        if let Some(n) = self.links.get_mut(next as usize) {
-            n.prev = NIL;
-        }
-        if let Some(t) = self.links.get_mut(tail as usize) {
-            t.next = i;
-        }
-        if let Some(me) = self.links.get_mut(i as usize) {
-            *me = Link { next: NIL, prev: tail, level: l };
-        }
         Self::key(next)
     }
 
-    /// [`rotate_to_tail`](Self::rotate_to_tail) for a key in the middle of its
-    /// level (out of line: the yield path never gets here).
+    /// [`rotate_to_tail`](Self::rotate_to_tail) for a key that is neither head nor
+    /// tail of its level (out of line: the yield path never gets here).
     #[cold]
     #[inline(never)]
     fn move_to_tail(&mut self, i: u32, l: u32) {
@@ -269,13 +248,18 @@ impl<K: Copy + PartialEq + Into<usize> + TryFrom<usize>> RunQueue<K> {
         })
         .flat_map(move |l| {
             let p = Priority::new(l).unwrap_or(Priority::IDLE);
-            let mut i = self.head[l as usize];
+            let head = self.head[l as usize];
+            let mut i = head;
             core::iter::from_fn(move || {
                 if i == NIL {
                     return None;
                 }
                 let k = i;
                 i = self.link(i).next;
+                if i == head {
+                    // Around the circle.
+                    i = NIL;
+                }
                 Some(k)
             })
             .filter_map(Self::key)
