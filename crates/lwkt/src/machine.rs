@@ -656,11 +656,18 @@ const IPI_POLL_EVERY: u32 = 64;
 /// run reads the clock every turn. (The request queue is looked at after every
 /// thread run.)
 const TURNS_PER_BURST: u32 = 8;
-/// Thread runs of a busy CPU with no timers between two passes of its loop (IPI
-/// poll, stop flag): nothing else needs the loop then, and each pass puts the
-/// next thread back on its record and picks it again (callgrind, two threads
+/// A busy CPU with no timers runs bursts that end when its next IPI poll is due
+/// (at most [`IPI_POLL_EVERY`] runs), not every [`TURNS_PER_BURST`]: nothing
+/// else needs the loop then but the stop flag, and each pass puts the next
+/// thread back on its record and picks it again (callgrind, two threads
 /// yielding: ~100 instructions a pass).
-const TURNS_WITHOUT_TIMERS: u32 = IPI_POLL_EVERY;
+fn burst_len(has_timers: bool, turns_since_poll: u32) -> u32 {
+    if has_timers {
+        TURNS_PER_BURST
+    } else {
+        IPI_POLL_EVERY.saturating_sub(turns_since_poll).max(1)
+    }
+}
 /// Park length while every runnable thread waits for a token held on another CPU.
 const TOKEN_PARK: Duration = Duration::from_micros(50);
 
@@ -708,8 +715,7 @@ fn cpu_main(
         if shared.stop.load(Ordering::Acquire) {
             break;
         }
-        let burst = if core.has_timers() { TURNS_PER_BURST } else { TURNS_WITHOUT_TIMERS };
-        let (ran, ran_turns) = core.run_turns(burst);
+        let (ran, ran_turns) = core.run_turns(burst_len(core.has_timers(), turns));
         turns += ran_turns;
         match ran {
             Ran::Nothing | Ran::TokenBlocked if !backoff.is_completed() => {

@@ -2,11 +2,12 @@
 //! non-empty ones (DragonFly's 2003 layout, which it returned to in 2011).
 //!
 //! Only the owning CPU touches its run queue. The running thread stays on the queue,
-//! at the head of its level; blocking removes it, yielding moves it to the tail of
-//! its level (round robin among equals), and a higher level always runs first. A
-//! scheduler tick moves the running thread behind its equals only if it heads its
-//! level ([`RunQueue::rotate_head`]), so a thread that a yield already rotated is
-//! not pushed back a second time.
+//! at the head of its level unless a tick or a priority change moved it; blocking
+//! removes it, yielding moves it to the tail of its level (round robin among
+//! equals), and a higher level always runs first. A scheduler tick moves the
+//! running thread behind its equals only if it heads its level
+//! ([`RunQueue::rotate_head`]), so a thread that a yield already rotated is not
+//! pushed back a second time.
 //!
 //! The lists are intrusive, as DragonFly's `TAILQ`s are: each key (a thread's slot
 //! number) has one link record (next, previous, level) in a table indexed by the
@@ -225,7 +226,8 @@ impl<K: Copy + PartialEq + Into<usize> + TryFrom<usize>> RunQueue<K> {
     }
 
     /// [`rotate_to_tail`](Self::rotate_to_tail) for a key that is neither head nor
-    /// tail of its level (out of line: the yield path never gets here).
+    /// tail of its level (out of line: a yield gets here only when a tick or a
+    /// priority change has moved the running thread from the head).
     #[cold]
     #[inline(never)]
     fn move_to_tail(&mut self, i: u32, l: u32) {
@@ -265,6 +267,57 @@ impl<K: Copy + PartialEq + Into<usize> + TryFrom<usize>> RunQueue<K> {
             .filter_map(Self::key)
             .map(move |k| (k, p))
         })
+    }
+
+    /// Checks the lists' invariants (test builds only): each queued level is a
+    /// circle whose `next` and `prev` links agree and whose keys record that
+    /// level, the mask names exactly the non-empty levels, and the circles hold
+    /// `len` keys in all. Every walk is bounded, so a broken circle is reported
+    /// rather than followed forever.
+    #[cfg(test)]
+    pub(crate) fn check_links(&self) -> Result<(), String> {
+        let mut total = 0usize;
+        for l in 0..32u32 {
+            let head = self.head[l as usize];
+            if (self.mask >> l) & 1 != u32::from(head != NIL) {
+                return Err(format!("level {l}: mask bit disagrees with head {head}"));
+            }
+            if head == NIL {
+                continue;
+            }
+            let mut i = head;
+            loop {
+                let Some(link) = self.links.get(i as usize) else {
+                    return Err(format!("level {l}: key {i} has no link record"));
+                };
+                if link.level != l {
+                    return Err(format!("level {l}: key {i} records level {}", link.level));
+                }
+                let next = self.link(link.next);
+                if next.prev != i {
+                    return Err(format!(
+                        "level {l}: {i} -> {} but its prev is {}",
+                        link.next, next.prev
+                    ));
+                }
+                total += 1;
+                if total > self.len {
+                    return Err(format!("more keys linked than len {}", self.len));
+                }
+                i = link.next;
+                if i == head {
+                    break;
+                }
+            }
+        }
+        if total != self.len {
+            return Err(format!("{total} keys linked, len {}", self.len));
+        }
+        let stray = self.links.iter().enumerate().filter(|(_, k)| k.level != NIL).count();
+        if stray != total {
+            return Err(format!("{stray} link records say queued, {total} keys linked"));
+        }
+        Ok(())
     }
 
     /// The first thread in run order.

@@ -20,18 +20,23 @@ mod tick;
 enum RqOp {
     Push(u8, u8),
     Remove(u8),
-    Rotate(u8),
-    RotateHead(u8),
-    YieldRotate(u8),
+    /// The rotations name a priority, which may not be the key's (or the key may
+    /// not be queued): then they must change nothing.
+    Rotate(u8, u8),
+    RotateHead(u8, u8),
+    YieldRotate(u8, u8),
 }
 
 fn rq_op() -> impl Strategy<Value = RqOp> {
     prop_oneof![
         (0u8..16, 0u8..32).prop_map(|(k, p)| RqOp::Push(k, p)),
         (0u8..16).prop_map(RqOp::Remove),
-        (0u8..16).prop_map(RqOp::Rotate),
-        (0u8..16).prop_map(RqOp::RotateHead),
-        (0u8..16).prop_map(RqOp::YieldRotate),
+        (0u8..16, 0u8..32, any::<bool>())
+            .prop_map(|(k, p, own)| RqOp::Rotate(k, if own { u8::MAX } else { p })),
+        (0u8..16, 0u8..32, any::<bool>())
+            .prop_map(|(k, p, own)| RqOp::RotateHead(k, if own { u8::MAX } else { p })),
+        (0u8..16, 0u8..32, any::<bool>())
+            .prop_map(|(k, p, own)| RqOp::YieldRotate(k, if own { u8::MAX } else { p })),
     ]
 }
 
@@ -63,46 +68,50 @@ proptest! {
                         }
                     }
                 }
-                RqOp::Rotate(k) => {
-                    if let Some(p) = prio_of[k as usize] {
-                        rq.rotate_to_tail(k, Priority::new(p as u32).unwrap());
+                RqOp::Rotate(k, p) => {
+                    // `u8::MAX` stands for the key's own priority (or 0 if unqueued).
+                    let own = prio_of[k as usize];
+                    let p = if p == u8::MAX { own.unwrap_or(0) } else { p };
+                    rq.rotate_to_tail(k, Priority::new(p as u32).unwrap());
+                    if own == Some(p) {
                         model[p as usize].retain(|&x| x != k);
                         model[p as usize].push_back(k);
                     }
                 }
-                RqOp::RotateHead(k) => {
-                    if let Some(p) = prio_of[k as usize] {
-                        let level = &mut model[p as usize];
-                        let want = level.front() == Some(&k) && level.len() > 1;
-                        if want {
-                            level.rotate_left(1);
-                        }
-                        prop_assert_eq!(rq.rotate_head(k, Priority::new(p as u32).unwrap()), want);
+                RqOp::RotateHead(k, p) => {
+                    let own = prio_of[k as usize];
+                    let p = if p == u8::MAX { own.unwrap_or(0) } else { p };
+                    let level = &mut model[p as usize];
+                    let want = own == Some(p) && level.front() == Some(&k) && level.len() > 1;
+                    if want {
+                        level.rotate_left(1);
                     }
+                    prop_assert_eq!(rq.rotate_head(k, Priority::new(p as u32).unwrap()), want);
                 }
-                RqOp::YieldRotate(k) => {
-                    if let Some(p) = prio_of[k as usize] {
-                        // Applies when `k` heads the highest queued level and is not
-                        // alone there: then it goes to the tail and the new head is
-                        // returned; otherwise nothing changes.
-                        let top = (0..32).rev().find(|&q| !model[q].is_empty());
-                        let level = &mut model[p as usize];
-                        let applies = top == Some(p as usize)
-                            && level.front() == Some(&k)
-                            && level.len() > 1;
-                        let want = if applies {
-                            level.rotate_left(1);
-                            level.front().copied()
-                        } else {
-                            None
-                        };
-                        let got = rq.yield_rotate(k, Priority::new(p as u32).unwrap());
-                        prop_assert_eq!(got, want);
-                        if want.is_some() {
-                            prop_assert_eq!(rq.head(), want);
-                        }
-                    }
+                RqOp::YieldRotate(k, p) => {
+                    // Applies when `k` heads the highest queued level, at `p`, and is
+                    // not alone there: then it goes to the tail and the new head is
+                    // returned; otherwise nothing changes.
+                    let own = prio_of[k as usize];
+                    let p = if p == u8::MAX { own.unwrap_or(0) } else { p };
+                    let top = (0..32).rev().find(|&q| !model[q].is_empty());
+                    let level = &mut model[p as usize];
+                    let applies = own == Some(p)
+                        && top == Some(p as usize)
+                        && level.front() == Some(&k)
+                        && level.len() > 1;
+                    let want = if applies {
+                        level.rotate_left(1);
+                        level.front().copied()
+                    } else {
+                        None
+                    };
+                    prop_assert_eq!(rq.yield_rotate(k, Priority::new(p as u32).unwrap()), want);
                 }
+            }
+            // The links first: a broken circle would make `iter` below loop forever.
+            if let Err(e) = rq.check_links() {
+                prop_assert!(false, "run queue links: {}", e);
             }
             let want: Vec<(u8, u8)> = (0..32usize).rev()
                 .flat_map(|p| model[p].iter().map(move |&k| (k, p as u8)))
@@ -110,6 +119,7 @@ proptest! {
             let got: Vec<(u8, u8)> = rq.iter().map(|(k, p)| (k, p.get())).collect();
             prop_assert_eq!(&got, &want);
             prop_assert_eq!(rq.len(), want.len());
+            prop_assert_eq!(rq.head(), want.first().map(|&(k, _)| k));
             for p in 0..32u8 {
                 let above = want.iter().any(|&(_, p2)| p2 > p);
                 prop_assert_eq!(rq.any_above(Priority::new(p as u32).unwrap()), above);
