@@ -173,8 +173,9 @@ impl<K: Copy + PartialEq + Into<usize> + TryFrom<usize>> RunQueue<K> {
         if self.head[l as usize] != i {
             return false;
         }
-        let next = self.link(i).next;
-        if next == i || next == NIL {
+        // `i` heads the level, so it is queued and indexes the link table.
+        let Some(&Link { next, .. }) = self.links.get(i as usize) else { return false };
+        if next == i {
             return false;
         }
         self.head[l as usize] = next;
@@ -210,19 +211,12 @@ impl<K: Copy + PartialEq + Into<usize> + TryFrom<usize>> RunQueue<K> {
     /// combined effect in the case handled here is the same.
     #[inline]
     pub(crate) fn yield_rotate(&mut self, k: K, p: Priority) -> Option<K> {
-        let i = Self::index(k);
-        let l = level(p);
-        // Shifting in two steps keeps the shift below 32 for level 31.
-        if (self.mask >> l) >> 1 != 0 || self.head[l as usize] != i {
+        // With nothing higher queued, this is the tick's rotation followed by
+        // `head`.
+        if self.any_above(p) || !self.rotate_head(k, p) {
             return None;
         }
-        // `i` heads a level, so it is queued and indexes the link table.
-        let next = self.links.get(i as usize)?.next;
-        if next == i {
-            return None;
-        }
-        self.head[l as usize] = next;
-        Self::key(next)
+        Self::key(self.head[level(p) as usize])
     }
 
     /// [`rotate_to_tail`](Self::rotate_to_tail) for a key that is neither head nor
